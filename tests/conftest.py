@@ -1,0 +1,27 @@
+"""Shared fixtures. Source media are fetched once into the repository's `cache/sources/` (verified by
+sha256) and reused across runs; every test gets its own empty stage-cache root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MEGATRON_SOURCES", str(REPO / "cache" / "sources"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("MEGATRON_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def asset():
+    """`asset(name)` -> verified local path of a real media file or weights (see megatron_utils.assets)."""
+    from megatron_utils.assets import fetch
+
+    return fetch

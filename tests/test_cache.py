@@ -1,0 +1,85 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megatron_utils.cache import FAILED, OK, StageCache, atomic_path, cache_sizes, stable_hash
+
+
+def test_key_changes_with_any_config_value(cache_dir):
+    a = StageCache("faces", {"size": 224, "margin": 1.3})
+    b = StageCache("faces", {"size": 224, "margin": 1.25})
+    assert a.key != b.key and a.dir != b.dir
+    assert StageCache("faces", {"margin": 1.3, "size": 224}).key == a.key  # order does not matter
+    assert json.loads((a.dir / "config.json").read_text())["config"] == {"size": 224, "margin": 1.3}
+
+
+def test_write_read_roundtrip_and_manifest(cache_dir):
+    cache = StageCache("embed", {"d": 8})
+    rgb = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float16)
+    cache.write("ffpp/Deepfakes/000_003", {"rgb": rgb}, {"backbone": "x"}, fingerprint="1:2", seconds=0.5)
+    cache.record("broken/video", FAILED, error="broken/video.mp4: file is empty (0 bytes)", fingerprint="0:1")
+    tensors, meta = cache.read("ffpp/Deepfakes/000_003")
+    np.testing.assert_array_equal(tensors["rgb"], rgb)
+    assert meta == {"backbone": "x"}
+    fresh = StageCache("embed", {"d": 8})  # re-reads the manifest from disk
+    assert fresh.status("ffpp/Deepfakes/000_003", "1:2") == OK
+    assert fresh.status("ffpp/Deepfakes/000_003", "9:9") is None  # the source changed: redo
+    assert fresh.failures() == {"broken/video": "broken/video.mp4: file is empty (0 bytes)"}
+    assert fresh.done_items() == ["ffpp/Deepfakes/000_003"]
+    assert list(cache_sizes(cache_dir)) == [f"embed/{cache.key}"]
+
+
+def test_torn_manifest_line_and_missing_entry_are_not_done(cache_dir):
+    cache = StageCache("faces", {})
+    cache.write("a", {"x": np.zeros(3, np.uint8)})
+    with open(cache.manifest_path, "a") as handle:
+        handle.write('{"item": "b", "status": "o')  # killed mid-write
+    cache.entry_path("a").unlink()
+    fresh = StageCache("faces", {})
+    assert fresh.records().keys() == {"a"}
+    assert not fresh.is_done("a")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writer_never_leaves_a_visible_partial_entry(cache_dir):
+    """SIGKILL a process that writes entries in a loop; every entry on disk must load."""
+    script = (
+        "import numpy as np\nfrom megatron_utils.cache import StageCache\n"
+        "c = StageCache('stress', {})\n"
+        "for i in range(100000):\n"
+        "    c.write(f'v{i % 50}', {'x': np.full((256, 256), i % 251, np.uint8)})\n"
+    )
+    env = {**os.environ, "MEGATRON_CACHE": str(cache_dir)}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        process.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    cache = StageCache("stress", {})
+    assert cache.done_items(), "the writer should have finished some entries before the kill"
+    for item in cache.done_items():
+        tensors, _ = cache.read(item)
+        assert tensors["x"].shape == (256, 256)
+
+
+def test_stable_hash_accepts_dataclasses():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:
+        size: int = 224
+
+    assert stable_hash(Config()) == stable_hash({"size": 224})
