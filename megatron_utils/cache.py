@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +176,22 @@ def cache_sizes(root: str | os.PathLike | None = None) -> dict[str, int]:
             p.stat().st_size for p in folder.rglob("*") if p.is_file()
         )
     return sizes
+
+
+@dataclass
+class StageReport:
+    """What one run of a stage did; `failures` maps item ids to their error messages."""
+
+    stage: str
+    cache_dir: str
+    done: int = 0
+    skipped: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    units: int = 0  # frames, crops or clips processed, for throughput figures
+
+    def summary(self) -> str:
+        rate = f", {self.units / self.seconds:.1f} units/s" if self.seconds and self.units else ""
+        text = (f"{self.stage}: {self.done} done, {self.skipped} already cached, {len(self.failures)} failed "
+                f"in {self.seconds:.1f}s{rate} -> {self.cache_dir}")
+        return text + "".join(f"\n  failed {item}: {error}" for item, error in sorted(self.failures.items()))
