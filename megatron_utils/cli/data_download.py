@@ -37,9 +37,10 @@ def register(data_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--script", required=True, help="path of your FF++ download script")
     parser.add_argument("--out", required=True, help="dataset root to download into")
     parser.add_argument("--compression", default="c23", choices=["raw", "c0", "c23", "c40"])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                         choices=[part for part in PART_FOLDERS if part != "original"],
-                        help="manipulation methods (the originals are always fetched)")
+                        help="manipulation methods, from %(choices)s (the originals are always fetched; "
+                             "default: %(default)s)")
     parser.add_argument("--server", choices=SERVERS, help="download server (default: the script's own)")
     parser.add_argument("--accept-tos", action="store_true",
                         help="answer the script's terms-of-use prompt for you: you confirm that you "
