@@ -204,15 +204,15 @@ def repvit_m0_9(pretrained: bool = True, weights: str | os.PathLike | None = Non
 
 @register_backbone
 def tiny_random(pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
-    """A tiny timm network (`test_efficientnet`) at 64 px with random weights, for fast tests only.
+    """A tiny timm network (`test_byobnet`) at 64 px with random weights, for fast tests only.
     `pretrained` is ignored: there are no pretrained weights worth having."""
     if weights is not None:
         file = weights_file(weights)
-        return _timm_backbone("tiny_random", "test_efficientnet", file, f"local file {file}",
+        return _timm_backbone("tiny_random", "test_byobnet", file, f"local file {file}",
                               f"sha256:{sha256_file(file)}", input_size=64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same random network every time, so cached results stay comparable
-        return _timm_backbone("tiny_random", "test_efficientnet", None, "random-init (test model)",
+        return _timm_backbone("tiny_random", "test_byobnet", None, "random-init (test model)",
                               "random-init:seed0", input_size=64)
 
 

@@ -55,8 +55,10 @@ def real_faces_entries(asset) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def write_faces_cache(entries: dict[str, dict[str, np.ndarray]], root: Path) -> StageCache:
-    cache = StageCache("faces", {"test": "real dlib HOG crops", "size": CROP}, root=root)
+def write_faces_cache(entries: dict[str, dict[str, np.ndarray]], root: Path,
+                      name: str = "dlib HOG") -> StageCache:
+    """A faces cache whose key differs by `name`, as caches of different faces configurations do."""
+    cache = StageCache("faces", {"test": name, "size": CROP}, root=root)
     for item_id, tensors in entries.items():
         cache.write(item_id, tensors)
     return cache
