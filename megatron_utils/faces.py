@@ -337,8 +337,10 @@ def extract_video_faces(path: str | os.PathLike, frames_config: FramesConfig, fa
             if len(track.detections) + len(boxes) >= required]
     if not kept:
         usable = len(candidates[0].detections) + len(filled[0][0])
+        lost = len(wanted) - len(decoded)
+        undecodable = f"; {lost} could not be decoded" if lost else ""
         raise NoFaceError(path, f"only {usable} of {len(wanted)} sampled frames have a usable face "
-                                f"(min_faces {required})")
+                                f"(min_faces {required}{undecodable})")
 
     # Crops for filled boxes need their frames again: decode just those (rare, so not kept in memory).
     refill = sorted({i for k in kept for i in filled[k][0]})
