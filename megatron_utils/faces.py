@@ -10,6 +10,7 @@ and their reason is recorded.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -472,8 +473,9 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
             store(*_extract_one(video_id, path, frames_config, face_config, detector))
             progress.update()
     else:
-        with ProcessPoolExecutor(min(workers, len(todo)), initializer=_init_worker,
-                                 initargs=(face_config,)) as pool:
+        # Spawned, not forked: forking a parent whose OpenCV/FFmpeg threads hold locks deadlocks workers.
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(face_config,)) as pool:
             futures = {pool.submit(_extract_one, video_id, path, frames_config, face_config): video_id
                        for video_id, path, _ in todo}
             for future in as_completed(futures):
