@@ -191,8 +191,8 @@ KILL_SCRIPT = """
 import sys
 from megatron_utils.faces import FaceConfig, extract_faces
 from megatron_utils.frames import FramesConfig
-items = [(f"copy{i}", sys.argv[1]) for i in range(8)]
-extract_faces(items, FramesConfig(frames_per_clip=8), FaceConfig(), cache_root=sys.argv[2], workers=2)
+items = [(f"copy{i}", sys.argv[1]) for i in range(6)]
+extract_faces(items, FramesConfig(frames_per_clip=4), FaceConfig(), cache_root=sys.argv[2], workers=2)
 """
 
 
@@ -208,14 +208,15 @@ def test_killed_run_resumes_without_corrupt_or_duplicate_entries(asset, tmp_path
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the parent and its pool workers, mid-run
         process.wait()
-    cache, report = extract_faces([(f"copy{i}", str(source)) for i in range(8)], SHORT, FaceConfig(),
-                                  cache_root=root, workers=2)
-    assert report.skipped >= 1 and report.done + report.skipped == 8 and not report.failures
+    items = [(f"copy{i}", str(source)) for i in range(6)]
+    cache, report = extract_faces(items, FramesConfig(frames_per_clip=4), cache_root=root, workers=1)
+    assert report.skipped >= 1 and report.done >= 1 and report.done + report.skipped == 6
+    assert not report.failures
     entries = sorted(p.name for p in cache.items_dir.glob("copy*.safetensors"))  # hidden temp files aside
-    assert len(entries) == 8 and sorted(cache.done_items()) == [f"copy{i}" for i in range(8)]
-    for i in range(8):
+    assert len(entries) == 6 and sorted(cache.done_items()) == [f"copy{i}" for i in range(6)]
+    for i in range(6):
         tensors, _ = cache.read(f"copy{i}")
-        assert tensors["crops"].shape == (8, 224, 224, 3)
+        assert tensors["crops"].shape == (4, 224, 224, 3)
         assert cache.records()[f"copy{i}"]["status"] == OK
 
 
