@@ -1,0 +1,235 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from test_frames import phone_portrait_mp4
+
+from megatron_utils import cli
+from megatron_utils.cache import OK
+from megatron_utils.faces import (
+    FaceConfig,
+    FaceDetector,
+    NoFaceError,
+    extract_faces,
+    extract_video_faces,
+    fill_boxes,
+    list_detectors,
+    square_crop,
+)
+from megatron_utils.frames import FramesConfig, sample_indices
+from megatron_utils.video import iter_frames, read_image, write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = FramesConfig(frames_per_clip=8)
+ENTRY_KEYS = {"crops", "frame_index", "clip_index", "boxes", "scores", "detected", "track"}
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (area - inter)
+
+
+@pytest.fixture(scope="module")
+def wolfgang(asset):
+    return extract_video_faces(asset("wolfgang_langer"), FramesConfig(frames_per_clip=32), FaceConfig())
+
+
+def test_detectors_are_registered():
+    assert {"dlib_hog", "opencv_haar"} <= set(list_detectors())
+    with pytest.raises(ValueError, match="unknown face detector"):
+        FaceConfig(detector="nope")
+
+
+def test_real_video_faces_found_plausible_and_smooth(wolfgang):
+    (track,) = wolfgang.tracks
+    assert len(track) >= 29 and track.detected.sum() >= 29  # a face in (nearly) every sampled frame
+    assert set(track.frame_index) <= set(sample_indices(472, FramesConfig(frames_per_clip=32))[0])
+    assert track.crops.shape == (len(track), 224, 224, 3) and track.crops.dtype == np.uint8
+    boxes = track.boxes
+    assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= 640 and boxes[:, 3].max() <= 360
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert sides.min() > 60 and sides.max() < 360  # a head-and-shoulders shot, not a speck or the frame
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    shift = np.linalg.norm(np.diff(centres, axis=0), axis=1) / sides[1:]
+    assert shift.max() < 0.5  # ~0.6 s between samples: the face moves, it does not jump
+    assert track.crops.std() > 20  # real picture content
+
+
+def test_haar_finds_grace_hopper_where_hog_does(asset):
+    image = read_image(asset("grace_hopper"))
+    hog_boxes, _, hog_name = FaceDetector(FaceConfig(fallback=None))(image)
+    haar_boxes, _, haar_name = FaceDetector(FaceConfig(detector="opencv_haar", fallback=None))(image)
+    assert (hog_name, haar_name) == ("dlib_hog", "opencv_haar")
+    assert len(hog_boxes) == 1 and len(haar_boxes) >= 1
+    best = max(haar_boxes, key=lambda box: iou(box, hog_boxes[0]))
+    assert iou(best, hog_boxes[0]) > 0.6  # Haar boxes are mapped onto HOG's box convention
+
+
+def test_largest_track_keeps_one_person_and_all_returns_each(asset):
+    path = asset("pyfeat_multi_face")
+    largest = extract_video_faces(path, SHORT, FaceConfig(track="largest"))
+    everyone = extract_video_faces(path, SHORT, FaceConfig(track="all"))
+    assert len(largest.tracks) == 1 and len(everyone.tracks) >= 3
+    boxes = np.concatenate([t.boxes for t in everyone.tracks])
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert np.array_equal(largest.tracks[0].boxes[0], boxes[sides.argmax()])
+    assert max(iou(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) < 0.1  # different people
+    assert everyone.tensors()["track"].tolist() == list(range(len(everyone.tracks)))
+
+
+def test_square_crop_shifts_inside_the_frame_and_pads_only_when_too_small(asset):
+    image = read_image(asset("grace_hopper"))  # 512 x 512
+    inside = square_crop(image, np.array([200, 200, 300, 300]), 1.0, 100)
+    assert np.array_equal(inside, image[200:300, 200:300])
+    corner = square_crop(image, np.array([0, 0, 100, 100]), 2.0, 200)  # would start at -50: shifted
+    assert np.array_equal(corner, image[:200, :200])
+    huge = square_crop(image, np.array([0, 0, 512, 512]), 1.5, 768)  # 768 > 512: centred, black border
+    assert huge[:128].max() == 0 and huge[-128:].max() == 0
+    assert np.array_equal(huge[128:-128, 128:-128], image)
+    shrunk = square_crop(image, np.array([0, 0, 512, 512]), 1.0, 64)
+    assert np.array_equal(shrunk, cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_fill_boxes_interpolates_close_gaps_and_drops_far_ones():
+    detected = {0: np.array([0.0, 0, 10, 10]), 4: np.array([8.0, 0, 18, 10]), 40: np.array([0.0, 0, 10, 10])}
+    filled, reasons = fill_boxes(detected, [0, 1, 2, 4, 20, 44, 60], max_gap=5)
+    assert np.allclose(filled[1], [2, 0, 12, 10]) and np.allclose(filled[2], [4, 0, 14, 10])
+    assert np.allclose(filled[44], detected[40])  # past the last detection: its box is held
+    assert set(reasons) == {20, 60} and "within 5 frames" in reasons[20]
+
+
+def test_frames_without_a_face_are_filled_from_neighbours_or_dropped(asset, tmp_path):
+    indices, frames = zip(*iter_frames(asset("single_face_video"), range(12)), strict=True)
+    frames = [np.zeros_like(f) if i in (4, 8) else f for i, f in zip(indices, frames, strict=True)]
+    path = write_mp4(tmp_path / "gaps.mp4", frames, fps=30)
+    config = FramesConfig(frames_per_clip=12, sampling="consecutive")
+    (track,) = extract_video_faces(path, config, FaceConfig(max_gap=2)).tracks
+    assert track.frame_index.tolist() == list(range(12))
+    assert track.frame_index[~track.detected].tolist() == [4, 8] and track.scores[4] == 0
+    assert np.allclose(track.boxes[4], (track.boxes[3] + track.boxes[5]) / 2, atol=1)
+    assert track.crops[4].max() == 0 and track.crops[3].std() > 20  # cut from blank frame 4 itself
+    (strict,) = extract_video_faces(path, config, FaceConfig(max_gap=0)).tracks
+    assert 4 not in strict.frame_index and "no face detected" in strict.dropped[4]
+
+
+def make_bad_and_odd_inputs(asset, folder: Path) -> dict[str, Path]:
+    folder.mkdir()
+    files = {"empty": folder / "empty.mp4", "text": folder / "text.mp4", "missing": folder / "missing.mp4"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("not a video at all\n" * 100)
+    for name, source in [("half_moov_first", "wolfgang_langer"), ("half_moov_last", "single_face_video")]:
+        data = asset(source).read_bytes()
+        files[name] = folder / f"{name}.mp4"
+        files[name].write_bytes(data[: len(data) // 2])
+    photo = read_image(asset("obama"))  # 910 x 1137 portrait
+    files["one_frame"] = write_mp4(folder / "one_frame.mp4", [cv2.resize(photo, (320, 400))])
+    files["portrait"] = phone_portrait_mp4(folder / "portrait.mp4", cv2.resize(photo, (320, 400)))
+    canvas = np.zeros((2160, 3840, 3), np.uint8)
+    canvas[:, 1056:2784] = cv2.resize(photo, (1728, 2160), interpolation=cv2.INTER_CUBIC)
+    files["uhd"] = write_mp4(folder / "uhd.mp4", [canvas] * 3, preset="ultrafast")
+    files["no_face"] = asset("no_face_video")
+    files["good"] = asset("single_face_video")
+    return files
+
+
+def test_batch_records_bad_input_and_goes_on_then_skips_and_redoes(asset, tmp_path):
+    files = make_bad_and_odd_inputs(asset, tmp_path / "media")
+    items = pd.DataFrame({"video_id": list(files), "path": [str(p) for p in files.values()]})
+    faces = FaceConfig(min_faces=3)
+    cache, report = extract_faces(items, SHORT, faces, cache_root=tmp_path / "cache", workers=2)
+    assert set(report.failures) == {"empty", "text", "missing", "half_moov_last", "no_face"}
+    assert "empty (0 bytes)" in report.failures["empty"] and str(files["empty"]) in report.failures["empty"]
+    assert "not a readable video" in report.failures["text"]
+    assert "does not exist" in report.failures["missing"]
+    assert "not a readable video" in report.failures["half_moov_last"]
+    assert "no face found in any of the 8 sampled frames" in report.failures["no_face"]
+    assert report.done == 5 and report.units > 0 and cache.dir.name == cache.key
+
+    tensors, meta = cache.read("good")
+    assert set(tensors) == ENTRY_KEYS and tensors["crops"].shape == (8, 224, 224, 3)
+    assert tensors["boxes"].dtype == np.float32 and tensors["detected"].dtype == bool
+    assert tensors["frame_index"].dtype == np.int32 and tensors["clip_index"].tolist() == [0] * 8
+    assert (meta["width"], meta["height"], meta["fps"], meta["frame_count"]) == (640, 360, 30.0, 72)
+    assert meta["detectors_used"]["dlib_hog"] >= 1 and meta["source"] == str(files["good"])
+
+    half, meta = cache.read("half_moov_first")  # the stream breaks off mid-way: the first half is used
+    assert 3 <= len(half["frame_index"]) < 8 and half["frame_index"].max() < 472 // 2
+    assert any("could not be decoded" in reason for reason in meta["dropped"][0].values())
+    one, _ = cache.read("one_frame")
+    assert one["frame_index"].tolist() == [0]  # min_faces is capped at the frames there are
+    portrait, meta = cache.read("portrait")  # found only because frames are turned upright
+    assert meta["rotation"] == 270 and (meta["width"], meta["height"]) == (320, 400)
+    assert portrait["boxes"][:, 2].max() <= 320 and portrait["boxes"][:, 3].max() <= 400
+    uhd, meta = cache.read("uhd")
+    assert (meta["width"], meta["height"]) == (3840, 2160) and len(uhd["frame_index"]) == 3
+    assert uhd["boxes"][0, 0] > 1056 and uhd["boxes"][0, 2] - uhd["boxes"][0, 0] > 400  # in 4K pixels
+
+    _, again = extract_faces(items, SHORT, faces, cache_root=tmp_path / "cache", workers=2)
+    assert (again.done, again.skipped, set(again.failures)) == (0, 5, set(report.failures))
+    os.utime(files["one_frame"], ns=(time.time_ns(), time.time_ns() + 10**9))  # the source changed
+    _, changed = extract_faces(items, SHORT, faces, cache_root=tmp_path / "cache", workers=1)
+    assert (changed.done, changed.skipped) == (1, 4)
+    _, forced = extract_faces(items[items.video_id == "good"], SHORT, faces, force=True,
+                              cache_root=tmp_path / "cache", workers=1)
+    assert forced.done == 1
+
+
+def test_single_video_raises_clear_errors(asset):
+    with pytest.raises(NoFaceError, match="no face found"):
+        extract_video_faces(asset("pyfeat_no_face_image"), SHORT, FaceConfig())
+
+
+KILL_SCRIPT = """
+import sys
+from megatron_utils.faces import FaceConfig, extract_faces
+from megatron_utils.frames import FramesConfig
+items = [(f"copy{i}", sys.argv[1]) for i in range(6)]
+extract_faces(items, FramesConfig(frames_per_clip=4), FaceConfig(), cache_root=sys.argv[2], workers=2)
+"""
+
+
+def test_killed_run_resumes_without_corrupt_or_duplicate_entries(asset, tmp_path):
+    source, root = asset("single_face_video"), tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(root)], cwd=REPO,
+                               start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not list(root.glob("faces/*/items/copy*.safetensors")) and time.time() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the parent and its pool workers, mid-run
+        process.wait()
+    items = [(f"copy{i}", str(source)) for i in range(6)]
+    cache, report = extract_faces(items, FramesConfig(frames_per_clip=4), cache_root=root, workers=1)
+    assert report.skipped >= 1 and report.done >= 1 and report.done + report.skipped == 6
+    assert not report.failures
+    entries = sorted(p.name for p in cache.items_dir.glob("copy*.safetensors"))  # hidden temp files aside
+    assert len(entries) == 6 and sorted(cache.done_items()) == [f"copy{i}" for i in range(6)]
+    for i in range(6):
+        tensors, _ = cache.read(f"copy{i}")
+        assert tensors["crops"].shape == (4, 224, 224, 3)
+        assert cache.records()[f"copy{i}"]["status"] == OK
+
+
+def test_cli_extract_prints_summary_and_fails_on_bad_items(asset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["extract"])
+    index = tmp_path / "index.csv"
+    pd.DataFrame({"video_id": ["good"], "path": [str(asset("single_face_video"))]}).to_csv(index, index=False)
+    common = ["--frames", "8", "--workers", "1", "--cache", str(tmp_path / "cache")]
+    assert cli.main(["extract", str(index), str(asset("grace_hopper")), *common]) == 0
+    out = capsys.readouterr().out
+    assert "faces: 2 done" in out and "cache: " in out and str(tmp_path / "cache") in out
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"")
+    assert cli.main(["extract", str(index), str(bad), *common]) == 1
+    out = capsys.readouterr().out
+    assert "1 already cached, 1 failed" in out and "broken" in out and "empty" in out
