@@ -250,7 +250,19 @@ def depth_anything_v2_small_config():
                                fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="relative")
 
 
-RANDOM_INIT_DEPTH = {"depth-anything-v2-small": depth_anything_v2_small_config}
+def depth_anything_tiny_config():
+    """A tiny Depth Anything (4-layer, 32-wide DINOv2, 56 px) for tests and CI runs of the pipeline."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
+                            patch_size=14, image_size=56, out_indices=[1, 2, 3, 4], apply_layernorm=True,
+                            reshape_hidden_states=False)
+    return DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=32,
+                               neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
+
+
+RANDOM_INIT_DEPTH = {"depth-anything-v2-small": depth_anything_v2_small_config,
+                     "depth-anything-tiny": depth_anything_tiny_config}
 
 
 def load_depth_model(model: str) -> DepthModel:

@@ -79,6 +79,16 @@ def safe_name(item_id: str) -> str:
     return f"{readable}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class StageCache:
     """The cache of one pipeline stage under one configuration."""
 
@@ -93,7 +103,30 @@ class StageCache:
         config_path = self.dir / "config.json"
         if not config_path.exists():
             write_json_atomic(config_path, {"stage": stage, "key": self.key, "config": self.config})
+        self.remove_stale_temporaries()
         self._records: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, stage: str | None = None) -> StageCache:
+        """An existing `<root>/<stage>/<key>/` folder, as written by that stage."""
+        path = Path(folder).expanduser()
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{path}: not a stage cache folder (no config.json)")
+        saved = json.loads(config_path.read_text())
+        if stage is not None and saved.get("stage") != stage:
+            raise ValueError(f"{path}: is a {saved.get('stage')!r} cache, expected {stage!r}")
+        return cls(saved["stage"], saved["config"], root=path.parent.parent)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files left by writers that were killed (their process no longer exists)."""
+        removed = 0
+        for tmp in self.items_dir.glob(".*.tmp*"):
+            pid = tmp.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def __repr__(self) -> str:
         return f"StageCache({self.stage!r}, key={self.key!r}, dir={str(self.dir)!r})"

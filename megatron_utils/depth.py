@@ -8,6 +8,7 @@ depth, so near is bright) and stored as uint8 [N, S, S] beside the faces entry's
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import DEFAULT_DEPTH_MODEL, load_depth_model
-from .cache import OK, StageCache, StageReport, file_fingerprint
-from .inference import autocast, images_to_tensor, resolve_device, resolve_dtype, run_batched_stage
+from .cache import StageCache, StageReport, file_fingerprint
+from .inference import (
+    autocast,
+    done_upstream,
+    images_to_tensor,
+    resolve_device,
+    resolve_dtype,
+    run_batched_stage,
+)
 
 
 @dataclass
@@ -80,15 +88,16 @@ class DepthEstimator:
 
 
 def compute_depth(faces_cache: StageCache, depth_cfg: DepthConfig, force: bool = False,
-                  cache_root: str | os.PathLike | None = None) -> tuple[StageCache, StageReport]:
-    """Depth maps for every face entry of `faces_cache` into the `depth` stage cache.
+                  cache_root: str | os.PathLike | None = None, item_ids: Sequence[str] | None = None,
+                  ) -> tuple[StageCache, StageReport]:
+    """Depth maps for every face entry of `faces_cache` (or only `item_ids`) into the `depth` cache.
 
     Items already done for the same faces entry are skipped (all redone with `force`); a faces entry
     that is missing, corrupt or empty becomes a recorded failure of that item only.
     """
     estimator = DepthEstimator(depth_cfg)
     cache = StageCache("depth", {"faces": faces_cache.key, **estimator.identity()}, root=cache_root)
-    items = [item for item, record in faces_cache.records().items() if record["status"] == OK]
+    items = done_upstream(faces_cache, item_ids)
 
     def fingerprint(item_id: str) -> str:
         path = faces_cache.entry_path(item_id)

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .backbones import AUTO, Backbone, create_backbone
-from .cache import FAILED, OK, StageCache, StageReport, file_fingerprint
-from .inference import autocast, images_to_tensor, resolve_device, resolve_dtype, run_batched_stage
+from .cache import FAILED, StageCache, StageReport, file_fingerprint
+from .inference import (
+    autocast,
+    done_upstream,
+    images_to_tensor,
+    resolve_device,
+    resolve_dtype,
+    run_batched_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +119,19 @@ def to_clips(features: dict[str, np.ndarray], clip_index: np.ndarray, frame_inde
 
 
 def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_cfg: EmbedConfig,
-                       force: bool = False, cache_root: str | os.PathLike | None = None
-                       ) -> tuple[StageCache, StageReport]:
-    """RGB and depth embeddings for every video that has both a faces and a depth entry, into the
+                       force: bool = False, cache_root: str | os.PathLike | None = None,
+                       item_ids: Sequence[str] | None = None) -> tuple[StageCache, StageReport]:
+    """RGB and depth embeddings for every video (or only `item_ids`) with a faces entry, into the
     `embed` stage cache: `rgb` [C, T, D_rgb], `depth` [C, T, D_depth] (float16), `valid` [C, T],
     `frame_index` [C, T]."""
     if depth_cache.config.get("faces") != faces_cache.key:
         raise ValueError(f"depth cache {depth_cache.dir} was computed from faces cache "
                          f"{depth_cache.config.get('faces')}, not from {faces_cache.key} ({faces_cache.dir})")
     embedder = Embedder(embed_cfg)
-    cache = StageCache("embed", {"faces": faces_cache.key, "depth": depth_cache.key,
+    cache = StageCache("embed", {"faces": faces_cache.key, "depth_maps": depth_cache.key,
                                  "frames_per_clip": embed_cfg.frames_per_clip, **embedder.identity()},
                        root=cache_root)
-    items = [item for item, record in faces_cache.records().items() if record["status"] == OK]
+    items = done_upstream(faces_cache, item_ids)
 
     def fingerprint(item_id: str) -> str:
         paths = (faces_cache.entry_path(item_id), depth_cache.entry_path(item_id))

@@ -119,6 +119,13 @@ def stream_batches(
     yield from finished()
 
 
+def done_upstream(upstream: StageCache, item_ids: Sequence[str] | None = None) -> list[str]:
+    """The items (all, or those of `item_ids`) that the upstream stage finished successfully."""
+    records = upstream.records()
+    wanted = records if item_ids is None else item_ids
+    return [item for item in wanted if item in records and records[item]["status"] == OK]
+
+
 def run_batched_stage(
     cache: StageCache,
     item_ids: Sequence[str],

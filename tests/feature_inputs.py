@@ -71,12 +71,9 @@ def save_tiny_depth_model(folder: Path, seed: int = 0) -> Path:
     import transformers
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    backbone = transformers.Dinov2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56,
-        out_indices=[1, 2, 3, 4], apply_layernorm=True, reshape_hidden_states=False)
-    config = transformers.DepthAnythingConfig(
-        backbone_config=backbone, patch_size=14, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16, head_hidden_size=8)
+    from megatron_utils.backbones import depth_anything_tiny_config
+
+    config = depth_anything_tiny_config()
     torch.manual_seed(seed)
     transformers.DepthAnythingForDepthEstimation(config).save_pretrained(folder)
     processor = transformers.DPTImageProcessor(

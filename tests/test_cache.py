@@ -68,7 +68,8 @@ def test_killed_writer_never_leaves_a_visible_partial_entry(cache_dir):
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    cache = StageCache("stress", {})
+    cache = StageCache("stress", {})  # opening sweeps the killed writer's temporary file
+    assert not list(cache.items_dir.glob(".*.tmp*"))
     assert cache.done_items(), "the writer should have finished some entries before the kill"
     for item in cache.done_items():
         tensors, _ = cache.read(item)

@@ -1,0 +1,50 @@
+"""`megatron preprocess`: faces, depth maps and embeddings in one go, each stage resuming from its cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from .extract import add_face_arguments, face_configs, read_items
+from .features import (
+    add_depth_arguments,
+    add_embed_arguments,
+    add_runtime_arguments,
+    depth_config,
+    embed_config,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..preprocess import PreprocessConfig, preprocess
+
+    frames, faces = face_configs(args)
+    config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"))
+    result = preprocess(
+        read_items(args.inputs), config, force=args.force, cache_root=args.cache, workers=args.workers
+    )
+    print(result.summary())
+    for stage in ("faces", "depth", "embed"):
+        print(f"{stage} cache: {getattr(result, stage).dir}")
+    print(f"rgb backbone: {result.embed.config['rgb']['backbone']} ({result.embed.config['rgb']['weights']})")
+    print(
+        f"depth backbone: {result.embed.config['depth']['backbone']} "
+        f"({result.embed.config['depth']['weights']})"
+    )
+    print(f"depth model: {args.depth_model} ({result.depth.config['weights']})")
+    return 1 if result.failures() else 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("preprocess", help="faces, depth maps and embeddings (stages 1-4)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INDEX_OR_PATHS",
+        help="an index CSV/Parquet with video_id and path columns, or video/image files",
+    )
+    add_face_arguments(parser)
+    add_depth_arguments(parser, prefix="depth-")
+    add_embed_arguments(parser, prefix="embed-")
+    add_runtime_arguments(parser)
+    parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache)")
+    parser.set_defaults(handler=run)
