@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -90,19 +91,32 @@ def test_videos_decode_with_expected_frames(tiny):
         assert info.height == preset.height and info.codec == "h264"
 
 
-def test_same_seed_same_splits_other_seed_differs(tiny, tmp_path):
-    out, _ = tiny
-    again = build_mini("tiny", tmp_path / "again", seed=0)
-    assert _splits(again.out) == _splits(out)
+@pytest.fixture
+def micro(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A still-photo-only preset small enough to build three times in a few seconds."""
+    preset = dataclasses.replace(MINI_PRESETS["tiny"], name="micro", height=128, clip_frames=12, workers=1,
+                                 sources=("obama", "biden", "grace_hopper", "lenna", "pyfeat_multi_face"))
+    monkeypatch.setitem(MINI_PRESETS, "micro", preset)
+    return "micro"
+
+
+def test_same_seed_same_build_other_seed_other_splits(micro, tmp_path):
+    first = build_mini(micro, tmp_path / "first", seed=0)
+    again = build_mini(micro, tmp_path / "again", seed=0)
+    for split in SPLITS:
+        assert first.splits[split].read_bytes() == again.splits[split].read_bytes()
     strip = lambda m: {k: v for k, v in m.items() if k != "build"}  # noqa: E731
-    assert strip(_manifest(again.out)) == strip(_manifest(out))
-    # decoded content of a still-photo clip (virtual camera + noise) is reproducible too
-    still = next(o["clip_id"] for o in _manifest(out)["originals"] if o["kind"] == "still")
-    _, first = read_frames(original_path(out, still), [0, 20])
-    _, second = read_frames(original_path(again.out, still), [0, 20])
-    assert np.array_equal(first, second)
-    other = build_mini("tiny", tmp_path / "other", seed=1)
-    assert _splits(other.out) != _splits(out)
+    assert strip(_manifest(again.out)) == strip(_manifest(first.out))
+    # decoded content is reproducible too (virtual camera, sensor noise, manipulations)
+    for name in ["original_sequences/youtube/c23/videos", *(f"manipulated_sequences/{m}/c23/videos"
+                                                           for m in METHODS)]:
+        videos = sorted(p.name for p in (first.out / name).glob("*.mp4"))
+        assert videos == sorted(p.name for p in (again.out / name).glob("*.mp4"))
+        _, a = read_frames(first.out / name / videos[0], [0, 11])
+        _, b = read_frames(again.out / name / videos[0], [0, 11])
+        assert np.array_equal(a, b)
+    other = build_mini(micro, tmp_path / "other", seed=1)
+    assert _splits(other.out) != _splits(first.out)
 
 
 def test_rebuild_reuses_finished_videos(tiny):

@@ -94,6 +94,15 @@ def _mask_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
+def _face_region(points: np.ndarray, shape: tuple[int, ...], margin: float = 0.35,
+                 ) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 of the face's landmark box grown by `margin` x its size: all the work happens there."""
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    pad = margin * max(x1 - x0, y1 - y0)
+    return (int(max(0, x0 - pad)), int(max(0, y0 - pad)),
+            int(min(shape[1], x1 + pad + 1)), int(min(shape[0], y1 + pad + 1)))
+
+
 @dataclass
 class Clip:
     frames: np.ndarray  # uint8 [N, H, W, 3], raw
@@ -104,15 +113,17 @@ def _transplant(target: Clip, source: Clip, region: np.ndarray, grow: float, fea
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Warp the source face onto the target in every frame and blend it inside the hull of `region`."""
     triangles = delaunay_triangles(target.landmarks.mean(0))
-    frames, boxes = np.empty_like(target.frames), np.zeros((len(target.frames), 4), np.float32)
-    shape = target.frames.shape[1:3]
-    for index, (frame, points) in enumerate(zip(target.frames, target.landmarks, strict=True)):
+    frames, boxes = target.frames.copy(), np.zeros((len(target.frames), 4), np.float32)
+    for index, (frame, points) in enumerate(zip(frames, target.landmarks, strict=True)):
+        x0, y0, x1, y1 = _face_region(points, frame.shape)
+        crop, local = frame[y0:y1, x0:x1], points - (x0, y0)
         src_index = min(index, len(source.frames) - 1)
-        warped = warp_face(source.frames[src_index], source.landmarks[src_index], points, triangles, shape)
-        mask = hull_mask(shape, points[region], grow, feather)
-        warped = reinhard_transfer(warped, frame, mask)
-        frames[index] = _blend(frame, warped, mask)
-        boxes[index] = _mask_box(mask)
+        warped = warp_face(source.frames[src_index], source.landmarks[src_index], local, triangles,
+                           crop.shape[:2])
+        mask = hull_mask(crop.shape[:2], local[region], grow, feather)
+        warped = reinhard_transfer(warped, crop, mask)
+        frame[y0:y1, x0:x1] = _blend(crop, warped, mask)
+        boxes[index] = _mask_box(mask) + (x0, y0, x0, y0)
     return frames, boxes
 
 
@@ -133,25 +144,24 @@ def self_blend(target: Clip, source: Clip, rng: np.random.Generator) -> tuple[np
     scale = rng.uniform(1.03, 1.07)
     shift = rng.uniform(-0.03, 0.03, size=2)
     grow = rng.uniform(0.9, 1.05)
-    frames, boxes = np.empty_like(target.frames), np.zeros((len(target.frames), 4), np.float32)
-    shape = target.frames.shape[1:3]
-    for index, (frame, points) in enumerate(zip(target.frames, target.landmarks, strict=True)):
-        image = frame.astype(np.float32)
-        hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV).astype(np.float32)
+    frames, boxes = target.frames.copy(), np.zeros((len(target.frames), 4), np.float32)
+    for index, (frame, points) in enumerate(zip(frames, target.landmarks, strict=True)):
+        x0, y0, x1, y1 = _face_region(points, frame.shape)
+        crop, face = frame[y0:y1, x0:x1], points[OUTER_FACE] - (x0, y0)
+        hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV).astype(np.float32)
         hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
         image = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
         image = (image - 128) * contrast + 128 + brightness
         blurred = cv2.GaussianBlur(image, (0, 0), 1.2)
         image = image + 1.0 * (image - blurred) if sharpen else blurred
-        face = points[OUTER_FACE]
         size = float(np.ptp(face, axis=0).max())
         matrix = cv2.getRotationMatrix2D(tuple(face.mean(0).tolist()), 0.0, scale)
         matrix[:, 2] += shift * size
-        image = cv2.warpAffine(image, matrix, shape[::-1], flags=cv2.INTER_LINEAR,
+        image = cv2.warpAffine(image, matrix, crop.shape[1::-1], flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT101)
-        mask = hull_mask(shape, face, grow, feather=0.06)
-        frames[index] = _blend(frame, image, mask)
-        boxes[index] = _mask_box(mask)
+        mask = hull_mask(crop.shape[:2], face, grow, feather=0.06)
+        frame[y0:y1, x0:x1] = _blend(crop, image, mask)
+        boxes[index] = _mask_box(mask) + (x0, y0, x0, y0)
     return frames, boxes
 
 
