@@ -28,7 +28,7 @@ from ..assets import ASSETS
 from ..cache import FAILED, OK, StageCache, file_fingerprint, stable_hash, write_json_atomic
 from ..video import MediaError, write_mp4
 from .contact_sheet import MAX_ROWS, SheetRow, write_contact_sheet
-from .landmarks import FaceDetector, FaceNotFound, FaceTracker, landmark_box
+from .landmarks import FaceDetector, FaceNotFound, FaceTracker, landmark_box, yaw_ratio
 from .manipulations import METHODS, SELF_METHODS, Clip
 from .presets import get_preset
 from .sources import SOURCES, ClipSpec, discover_clips, render_clip
@@ -160,6 +160,69 @@ def _remove_stale(out: Path, expected: set[Path]) -> int:
     return len(stale)
 
 
+def _build_originals(cache: StageCache, clips: list[ClipSpec], out: Path, crf: int,
+                     pool: ProcessPoolExecutor | None, skipped: dict[str, str],
+                     ) -> tuple[dict[str, ClipSpec], int, int]:
+    """Render, track and encode every original not already done; returns the usable clips by id."""
+    tasks, reused, built = {}, 0, 0
+    for spec in clips:
+        item = f"original/{spec.clip_id}"
+        if _is_reusable(cache, item, spec.key(), original_path(out, spec.clip_id)):
+            reused += 1
+        elif cache.status(item, fingerprint=spec.key()) != FAILED:
+            tasks[item] = (_make_original, (spec, original_path(out, spec.clip_id), crf))
+    by_item = {f"original/{spec.clip_id}": spec for spec in clips}
+    for item, tensors, error in _run(tasks, pool, "mini originals"):
+        spec = by_item[item]
+        if error:
+            cache.record(item, FAILED, error, fingerprint=spec.key())
+        else:
+            video = original_path(out, spec.clip_id)
+            cache.write(item, tensors, fingerprint=spec.key(), video=file_fingerprint(video))
+            built += 1
+    usable = {}
+    for item, spec in by_item.items():
+        if cache.status(item, fingerprint=spec.key()) == OK:
+            usable[spec.clip_id] = spec
+        else:
+            skipped[spec.clip_id] = f"{spec.asset}: {cache.records()[item]['error']}"
+    return usable, built, reused
+
+
+def _build_fakes(cache: StageCache, fakes: list[FakeSpec], specs: dict[str, ClipSpec],
+                 landmarks: dict[str, np.ndarray], out: Path, crf: int, seed: int,
+                 pool: ProcessPoolExecutor | None, skipped: dict[str, str],
+                 ) -> tuple[list[FakeSpec], int, int]:
+    """Manipulate and encode every fake not already done; returns the fakes that exist."""
+    tasks, keys, reused, built = {}, {}, 0, 0
+    for fake in fakes:
+        item = f"{fake.method}/{fake.name}"
+        target, source = specs[fake.target], specs[fake.source]
+        keys[item] = stable_hash([asdict(fake), target.key(), source.key(), seed])
+        path = fake_path(out, fake.method, fake.name)
+        if _is_reusable(cache, item, keys[item], path):
+            reused += 1
+        elif cache.status(item, fingerprint=keys[item]) != FAILED:
+            tasks[item] = (_make_fake, (fake, target, landmarks[target.clip_id], source,
+                                        landmarks[source.clip_id], path, crf, seed))
+    for item, tensors, error in _run(tasks, pool, "mini fakes"):
+        if error:
+            cache.record(item, FAILED, error, fingerprint=keys[item])
+            continue
+        method, name = item.split("/")
+        video = fake_path(out, method, name)
+        cache.write(item, tensors, fingerprint=keys[item], video=file_fingerprint(video))
+        built += 1
+    done = []
+    for fake in fakes:
+        item = f"{fake.method}/{fake.name}"
+        if cache.status(item, fingerprint=keys[item]) == OK:
+            done.append(fake)
+        else:
+            skipped[item] = cache.records()[item]["error"]
+    return done, built, reused
+
+
 def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> MiniReport:
     """Build (or finish, or reuse) the mini dataset `preset` in `out`; see the module docstring."""
     started = time.perf_counter()
@@ -176,61 +239,14 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
     clips, skipped = discover_clips(config, seed, FaceDetector())
     log.info("mini %s: %d clips planned in %.1fs", preset, len(clips), time.perf_counter() - started)
     with _pool(config.workers) as pool:
-        built = reused = 0
-
-        # Originals
-        tasks = {}
-        for spec in clips:
-            item = f"original/{spec.clip_id}"
-            if _is_reusable(cache, item, spec.key(), original_path(out, spec.clip_id)):
-                reused += 1
-            elif cache.status(item, fingerprint=spec.key()) != FAILED:
-                tasks[item] = (_make_original, (spec, original_path(out, spec.clip_id), config.crf))
-        for item, tensors, error in _run(tasks, pool, f"mini {preset} originals"):
-            spec = next(s for s in clips if f"original/{s.clip_id}" == item)
-            if error:
-                cache.record(item, FAILED, error, fingerprint=spec.key())
-                continue
-            video = original_path(out, spec.clip_id)
-            cache.write(item, tensors, fingerprint=spec.key(), video=file_fingerprint(video))
-            built += 1
-        usable = []
-        for spec in clips:
-            item = f"original/{spec.clip_id}"
-            if cache.status(item, fingerprint=spec.key()) == OK:
-                usable.append(spec)
-            else:
-                skipped[spec.clip_id] = f"{spec.asset}: {cache.records()[item]['error']}"
-        specs = {spec.clip_id: spec for spec in usable}
+        specs, built, reused = _build_originals(cache, clips, out, config.crf, pool, skipped)
         landmarks = {clip_id: cache.read(f"original/{clip_id}")[0]["landmarks"] for clip_id in specs}
-
-        # Splits and fakes
-        pairs, fakes = plan_splits({s.clip_id: s.identity for s in usable}, config.split_fractions,
+        yaw = {clip_id: yaw_ratio(points) for clip_id, points in landmarks.items()}
+        pairs, fakes = plan_splits({c: s.identity for c, s in specs.items()}, yaw, config.split_fractions,
                                    config.manipulated_fraction, list(METHODS), SELF_METHODS, seed)
-        tasks, fake_keys = {}, {}
-        for fake in fakes:
-            item = f"{fake.method}/{fake.name}"
-            target, source = specs[fake.target], specs[fake.source]
-            fake_keys[item] = stable_hash([asdict(fake), target.key(), source.key(), seed])
-            path = fake_path(out, fake.method, fake.name)
-            if _is_reusable(cache, item, fake_keys[item], path):
-                reused += 1
-            elif cache.status(item, fingerprint=fake_keys[item]) != FAILED:
-                tasks[item] = (_make_fake, (fake, target, landmarks[target.clip_id], source,
-                                            landmarks[source.clip_id], path, config.crf, seed))
-        for item, tensors, error in _run(tasks, pool, f"mini {preset} fakes"):
-            if error:
-                cache.record(item, FAILED, error, fingerprint=fake_keys[item])
-                continue
-            method, name = item.split("/")
-            video = fake_path(out, method, name)
-            cache.write(item, tensors, fingerprint=fake_keys[item], video=file_fingerprint(video))
-            built += 1
-        failed_fakes = {item: cache.records()[item]["error"] for item in fake_keys
-                        if cache.status(item, fingerprint=fake_keys[item]) != OK}
-        skipped.update(failed_fakes)
-        fakes = [f for f in fakes if f"{f.method}/{f.name}" not in failed_fakes]
-
+        fakes, built_fakes, reused_fakes = _build_fakes(cache, fakes, specs, landmarks, out, config.crf, seed,
+                                                        pool, skipped)
+    built, reused = built + built_fakes, reused + reused_fakes
     expected = {original_path(out, c) for c in specs} | {fake_path(out, f.method, f.name) for f in fakes}
     removed = _remove_stale(out, expected)
 
@@ -251,10 +267,11 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
         "preset": preset, "preset_config": asdict(config), "seed": seed, "build_version": BUILD_VERSION,
         "sources": [{"asset": asset, "identity": SOURCES[asset].identity, "sha256": sha256,
                      "distribution": ASSETS[asset].distribution, "member": ASSETS[asset].member,
-                     "clips": [s.clip_id for s in usable if s.asset == asset], "skipped": skipped.get(asset)}
+                     "clips": [c for c, s in specs.items() if s.asset == asset],
+                     "skipped": skipped.get(asset)}
                     for asset, sha256 in sources.items()],
         "landmark_model": {"asset": "dlib_landmarks_68", "sha256": ASSETS["dlib_landmarks_68"].sha256},
-        "originals": [{**asdict(s), "split": split_of[s.clip_id]} for s in usable],
+        "originals": [{**asdict(s), "split": split_of[c]} for c, s in specs.items()],
         "fakes": [{**asdict(f), "name": f.name} for f in fakes],
         "skipped": dict(sorted(skipped.items())),
         "counts": counts,

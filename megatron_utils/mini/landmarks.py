@@ -111,6 +111,13 @@ class FaceTracker:
         return points.astype(np.float32), detected
 
 
+def yaw_ratio(points: np.ndarray) -> float:
+    """Where the nose tip sits between the jaw ends, averaged over frames [N, 68, 2]: ~0.5 for a frontal
+    face, towards 0 or 1 as the head turns."""
+    left, right, nose = points[:, 0, 0], points[:, 16, 0], points[:, 30, 0]
+    return float(np.mean((nose - left) / np.maximum(right - left, 1e-3)))
+
+
 def landmark_box(points: np.ndarray) -> np.ndarray:
     """x0, y0, x1, y1 around a [68, 2] landmark set (or [N, 68, 2] -> [N, 4])."""
     return np.concatenate([points.min(-2), points.max(-2)], -1)

@@ -63,7 +63,8 @@ def reinhard_transfer(image: np.ndarray, reference: np.ndarray, mask: np.ndarray
     ref = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)
     mean, std = lab[inside].mean(0), lab[inside].std(0) + 1e-3
     ref_mean, ref_std = ref[inside].mean(0), ref[inside].std(0) + 1e-3
-    lab = (lab - mean) * np.clip(ref_std / std, 0.5, 2.0) + ref_mean
+    # The spread may shrink freely (a greyscale target takes a greyscale face) but at most doubles.
+    lab = (lab - mean) * np.minimum(ref_std / std, 2.0) + ref_mean
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
 
 

@@ -43,7 +43,7 @@ register_preset(MiniPreset(
              "pyfeat_bw_human", "pyfeat_0_f1_su", "pyfeat_0_f15_hao", "pyfeat_15_f13_anc", "pyfeat_45_m7_di",
              "pyfeat_no_face_image"),
     height=360, clip_frames=60, max_clips_per_video=6, max_faces_per_photo=8,
-    split_fractions=(0.7, 0.15, 0.15), manipulated_fraction=0.4,
+    split_fractions=(0.7, 0.15, 0.15), manipulated_fraction=0.5,
 ))
 
 

@@ -2,7 +2,9 @@
 
 FF++ lists each split as pairs [a, b] of original ids; the fakes a_b (target a, source b) and b_a belong to
 the same split. Here every clip of one person lands in one split, pairs join clips of different people, and
-a share of each split's pairs is manipulated by every method (SelfBlend makes a_a and b_b).
+a share of each split's pairs is manipulated by every method (SelfBlend makes a_a and b_b). The pairs whose
+two faces turn the same way are manipulated first: a landmark warp between a frontal and a profile face
+only makes a smear.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ def pair_clips(clip_identity: dict[str, str], rng: np.random.Generator) -> list[
     return pairs
 
 
-def plan_splits(clip_identity: dict[str, str], fractions: tuple[float, float, float],
-                manipulated_fraction: float, methods: list[str], self_methods: set[str], seed: int,
+def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
+                fractions: tuple[float, float, float], manipulated_fraction: float, methods: list[str],
+                self_methods: set[str], seed: int,
                 ) -> tuple[dict[str, list[tuple[str, str]]], list[FakeSpec]]:
-    """The pairs of every split and the fakes to build."""
+    """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip."""
     rng = np.random.default_rng(seed)
     by_identity: dict[str, list[str]] = {}
     for clip, identity in sorted(clip_identity.items()):
@@ -77,7 +80,8 @@ def plan_splits(clip_identity: dict[str, str], fractions: tuple[float, float, fl
         members = {c: i for c, i in clip_identity.items() if identity_split[i] == split}
         pairs[split] = sorted(pair_clips(members, rng))
         n_manipulated = max(1, round(manipulated_fraction * len(pairs[split])))
-        chosen = rng.choice(len(pairs[split]), n_manipulated, replace=False)
+        mismatch = [abs(clip_yaw[a] - clip_yaw[b]) + 0.05 * rng.random() for a, b in pairs[split]]
+        chosen = np.argsort(mismatch, kind="stable")[:n_manipulated]
         for a, b in sorted(pairs[split][i] for i in chosen):
             for method in methods:
                 for target, source in ((a, b), (b, a)):
