@@ -1,0 +1,53 @@
+"""Registry of mini-dataset presets: which real sources to use and how big the clips are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MiniPreset:
+    name: str
+    sources: tuple[str, ...]  # asset names (see megatron_utils.assets.ASSETS and mini.sources.SOURCES)
+    height: int  # frame height of every clip, in pixels
+    clip_frames: int  # frames per clip (stills are animated at STILL_FPS)
+    max_clips_per_video: int  # non-overlapping clips cut from one real video
+    max_faces_per_photo: int  # identities taken from one group photo
+    split_fractions: tuple[float, float, float]  # share of clips aimed at train, val, test
+    manipulated_fraction: float  # share of each split's pairs that get fakes (at least one pair per split)
+    workers: int = 2
+    crf: int = 23  # FF++ c23
+
+
+MINI_PRESETS: dict[str, MiniPreset] = {}
+
+
+def register_preset(preset: MiniPreset) -> MiniPreset:
+    MINI_PRESETS[preset.name] = preset
+    return preset
+
+
+register_preset(MiniPreset(
+    name="tiny",
+    sources=("wolfgang_langer", "single_face_video", "carphone", "obama", "obama2", "biden", "grace_hopper",
+             "lenna", "pyfeat_multi_face"),
+    height=256, clip_frames=40, max_clips_per_video=2, max_faces_per_photo=3,
+    split_fractions=(0.5, 0.25, 0.25), manipulated_fraction=0.34,
+))
+
+register_preset(MiniPreset(
+    name="demo",
+    sources=("wolfgang_langer", "single_face_video", "face_noface_video", "carphone", "obama", "obama2",
+             "obama3", "biden", "astronaut", "insightface_t1", "tom_hanks", "einstein", "tongue",
+             "breakingbad", "lenna", "takeo", "grace_hopper", "pyfeat_single_face", "pyfeat_multi_face",
+             "pyfeat_bw_human", "pyfeat_0_f1_su", "pyfeat_0_f15_hao", "pyfeat_15_f13_anc", "pyfeat_45_m7_di",
+             "pyfeat_no_face_image"),
+    height=360, clip_frames=60, max_clips_per_video=6, max_faces_per_photo=8,
+    split_fractions=(0.7, 0.15, 0.15), manipulated_fraction=0.5,
+))
+
+
+def get_preset(name: str) -> MiniPreset:
+    if name not in MINI_PRESETS:
+        raise ValueError(f"unknown mini preset {name!r}; known: {', '.join(MINI_PRESETS)}")
+    return MINI_PRESETS[name]
