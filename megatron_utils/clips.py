@@ -1,8 +1,8 @@
 """Clips from the embed cache: every cached clip of a video is one sample, labelled from the index.
 
 All clips of a split are loaded once into contiguous tensors (moved to the GPU once when there is
-one) and batches are sliced from them, so training has no per-sample Python work. Augmentation (a random temporal crop and
-frame dropout) works on whole batches and only when asked, i.e. only in training.
+one) and batches are sliced from them, so training has no per-sample Python work. Augmentation (a random
+temporal crop and frame dropout) works on whole batches and only when asked, i.e. only in training.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
     if empty_clips:
         log.warning("skipped %d clips without a valid frame", empty_clips)
     if not kept_rows:
-        raise ValueError(f"none of the {len(rows)} {split or 'indexed'} videos is in the embed cache {cache.dir}")
+        raise ValueError(f"none of the {len(rows)} {split or 'indexed'} videos is in the embed cache "
+                         f"{cache.dir}")
     videos = rows.iloc[kept_rows].reset_index(drop=True)
     video = torch.tensor(clip_video, dtype=torch.int64)
     frames = max(a.shape[1] for a in arrays["valid"])
@@ -164,8 +165,8 @@ def augment(rgb: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, config:
     def draw(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator).to(device)
 
-    length = (frames * (config.min_crop_fraction + (1 - config.min_crop_fraction) * draw(batch))).ceil().long()
-    length = length.clamp(1, frames)
+    fraction = config.min_crop_fraction + (1 - config.min_crop_fraction) * draw(batch)
+    length = (frames * fraction).ceil().long().clamp(1, frames)
     start = (draw(batch) * (frames - length + 1)).floor().long()
     positions = torch.arange(frames, device=device)
     source = (start[:, None] + positions).clamp(max=frames - 1)

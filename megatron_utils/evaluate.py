@@ -93,8 +93,8 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
                **dict.fromkeys(METRIC_COLUMNS, float("nan"))}
     metrics["accuracy"] = float(accuracy_score(labels, predicted))
     if metrics["real"] and metrics["fake"]:
-        metrics.update(auc=float(roc_auc_score(labels, probs)), ap=float(average_precision_score(labels, probs)),
-                       eer=equal_error_rate(labels, probs),
+        metrics.update(auc=float(roc_auc_score(labels, probs)),
+                       ap=float(average_precision_score(labels, probs)), eer=equal_error_rate(labels, probs),
                        balanced_accuracy=float(balanced_accuracy_score(labels, predicted)),
                        f1=float(f1_score(labels, predicted, zero_division=0)))
     return metrics
@@ -104,14 +104,14 @@ def metric_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Rows: overall, each dataset, each manipulation method (its fakes against all reals)."""
     labels = (scores["label"] == "fake").to_numpy(np.int64)
     probs = scores["probability"].to_numpy()
-    rows = [{"group": "overall", "name": "all", **binary_metrics(labels, probs, threshold)}]
-    for dataset in sorted(scores["dataset"].unique()):
-        chosen = (scores["dataset"] == dataset).to_numpy()
-        rows.append({"group": "dataset", "name": dataset, **binary_metrics(labels[chosen], probs[chosen], threshold)})
-    for method in sorted(scores.loc[labels == 1, "method"].unique()):
-        chosen = ((scores["method"] == method) & (labels == 1) | (labels == 0)).to_numpy()
-        rows.append({"group": "method", "name": method, **binary_metrics(labels[chosen], probs[chosen], threshold)})
-    return pd.DataFrame(rows)
+    groups = [("overall", "all", np.ones(len(scores), dtype=bool))]
+    groups += [("dataset", dataset, (scores["dataset"] == dataset).to_numpy())
+               for dataset in sorted(scores["dataset"].unique())]
+    groups += [("method", method, ((scores["method"] == method).to_numpy() & (labels == 1)) | (labels == 0))
+               for method in sorted(scores.loc[labels == 1, "method"].unique())]
+    return pd.DataFrame([{"group": group, "name": name,
+                          **binary_metrics(labels[chosen], probs[chosen], threshold)}
+                         for group, name, chosen in groups])
 
 
 def score_videos(model: MegatronDetector, clips: ClipSet, batch_size: int = 512, amp: bool = True
@@ -158,8 +158,9 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     clips = load_clips(read_index(index_path), embed_cache_dir, split)
     dims = (clips.rgb.shape[-1], clips.depth.shape[-1])
     if dims != (model.config.rgb_dim, model.config.depth_dim):
-        raise ValueError(f"{embed_cache_dir} holds embeddings of sizes (rgb, depth) = {dims}, but the model in "
-                         f"{run_dir / checkpoint} expects {(model.config.rgb_dim, model.config.depth_dim)}")
+        expected = (model.config.rgb_dim, model.config.depth_dim)
+        raise ValueError(f"{embed_cache_dir} holds embeddings of sizes (rgb, depth) = {dims}, but the model "
+                         f"in {run_dir / checkpoint} expects {expected}")
     scores = score_videos(model, clips.to(torch_device), batch_size)
     threshold = model.config.threshold
     metrics = metric_table(scores, threshold)
@@ -230,7 +231,8 @@ def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figure
             "<h2>Preprocessing (embed cache config)</h2>", f"<pre>{escape(preprocessing_json)}</pre>"]
     if missing:
         body += ["<h2>Skipped videos</h2>", "<ul>",
-                 *[f"<li><code>{escape(v)}</code>: {escape(why)}</li>" for v, why in missing.items()], "</ul>"]
+                 *[f"<li><code>{escape(v)}</code>: {escape(why)}</li>" for v, why in missing.items()],
+                 "</ul>"]
     (out_dir / "report.html").write_text(
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Megatron evaluation</title></head><body>\n"
         + "\n".join(body) + "\n</body></html>\n")

@@ -48,7 +48,8 @@ class MegatronConfig:
                    "fusion": ("cross_attention", "concat"), "streams": ("both", "rgb", "depth")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"MegatronConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"MegatronConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
@@ -143,7 +144,8 @@ class CrossAttentionBlock(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor, context_valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, context: torch.Tensor, context_valid: torch.Tensor
+                ) -> torch.Tensor:
         context = self.norm_context(context)
         attended, _ = self.attention(self.norm_query(query), context, context,
                                      key_padding_mask=~context_valid, need_weights=False)
@@ -165,7 +167,8 @@ class MegatronDetector(nn.Module):
         self.config = config
         self.stream_names = ["rgb", "depth"] if config.streams == "both" else [config.streams]
         dims = {"rgb": config.rgb_dim, "depth": config.depth_dim}
-        self.embeddings = nn.ModuleDict({name: StreamEmbedding(dims[name], config) for name in self.stream_names})
+        self.embeddings = nn.ModuleDict({name: StreamEmbedding(dims[name], config)
+                                         for name in self.stream_names})
         shared = encoder(config) if config.share_encoders else None
         self.encoders = nn.ModuleDict({name: shared or encoder(config) for name in self.stream_names})
         self.cross_layers = nn.ModuleList()
@@ -184,14 +187,15 @@ class MegatronDetector(nn.Module):
         weights = valid.unsqueeze(-1).to(tokens.dtype)
         return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    def forward(self, rgb: torch.Tensor | None, depth: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, rgb: torch.Tensor | None, depth: torch.Tensor | None, valid: torch.Tensor
+                ) -> torch.Tensor:
         """rgb [B, T, rgb_dim], depth [B, T, depth_dim] (either may be None if its stream is off),
         valid bool [B, T] (False: padding; every clip needs one valid frame) -> logits [B, num_classes]."""
         inputs = {"rgb": rgb, "depth": depth}
         tokens, masks = {}, {}
         for name in self.stream_names:
             if inputs[name] is None:
-                raise ValueError(f"the {name} stream is enabled (streams={self.config.streams!r}) but got None")
+                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}) but got None")
             embedded, masks[name] = self.embeddings[name](inputs[name], valid)
             tokens[name] = self.encoders[name](embedded, src_key_padding_mask=~masks[name])
         for block in self.cross_layers:
@@ -206,7 +210,8 @@ class MegatronDetector(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         # Shared encoders appear under both stream names; safetensors refuses shared storage, so clone.
-        state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in self.state_dict().items()}
+        state = {name: tensor.detach().cpu().clone().contiguous()
+                 for name, tensor in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.config.save(directory / CONFIG_NAME)
         return directory

@@ -62,13 +62,14 @@ def write_synthetic_embed_cache(root: str | os.PathLike, config: SyntheticEmbedC
             tensors = synthetic_video(rng, base, shift if label == "fake" else None, config)
             cache.write(video_id, tensors, {"synthetic": True})
             rows.append(dict(video_id=video_id, path=f"/synthetic/{video_id}.mp4", label=label,
-                             dataset=config.dataset, method=method, compression="", target_id=f"{identity:03d}",
-                             source_id="", split=split, media="video"))
+                             dataset=config.dataset, method=method, compression="",
+                             target_id=f"{identity:03d}", source_id="", split=split, media="video"))
     return pd.DataFrame(rows), cache.dir
 
 
-def synthetic_video(rng: np.random.Generator, base: dict[str, np.ndarray], shift: dict[str, np.ndarray] | None,
-                    config: SyntheticEmbedConfig) -> dict[str, np.ndarray]:
+def synthetic_video(rng: np.random.Generator, base: dict[str, np.ndarray],
+                    shift: dict[str, np.ndarray] | None, config: SyntheticEmbedConfig
+                    ) -> dict[str, np.ndarray]:
     clips, frames = config.clips, config.frames
     tensors: dict[str, np.ndarray] = {}
     for stream, vector in base.items():

@@ -112,7 +112,8 @@ def save_checkpoint(directory: Path, model: MegatronDetector, optimizer: torch.o
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_training_state(directory: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
+def load_training_state(directory: Path, optimizer: torch.optim.Optimizer, generator: torch.Generator
+                        ) -> dict:
     tensors = load_file(str(directory / STATE_TENSORS))
     state = json.loads((directory / STATE_JSON).read_text())
     per_param: dict[int, dict[str, torch.Tensor]] = {}
@@ -179,10 +180,11 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
     if not resume:
         index_table.to_csv(run_dir / "index.csv", index=False)
+        index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
         write_json_atomic(run_dir / "config.json", {
             "model": model_cfg.to_dict(), "train": asdict(train_cfg),
             "preprocessing": preprocessing_config(embed_cache_dir),
-            "data": {"index": "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve()),
+            "data": {"index": index_source,
                      "index_copy": "index.csv", "embed_cache": str(embed_cache_dir.resolve()),
                      "embed_key": embed_cache_dir.name, "train_videos": len(train_clips.videos),
                      "val_videos": len(val_clips.videos), "train_clips": len(train_clips),
@@ -198,7 +200,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=train_cfg.lr,
                                   fused=device.type == "cuda")
-    state = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False}
+    state = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
+             "stopped_early": False}
     history: list[dict] = []
     if resume:
         last = run_dir / "last"
@@ -226,8 +229,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         loss_sum = torch.zeros((), device=device)
         batches = iterate_batches(train_clips, train_cfg.batch_size, shuffle=True, generator=generator,
                                   augmentation=augmentation)
-        for rgb, depth, valid, label in tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}",
-                                             leave=False):
+        progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", leave=False)
+        for rgb, depth, valid, label in progress:
             lr = learning_rate(state["step"], total_steps, train_cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -258,8 +261,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
             for name, value in row.items():
                 writer.add_scalar(name, value, state["epoch"])
         log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val balanced accuracy %.4f "
-                 "(threshold %.3f), %.1fs", state["epoch"], row["train_loss"], row["val_loss"], row["val_auc"],
-                 row["val_balanced_accuracy"], row["threshold"], row["seconds"])
+                 "(threshold %.3f), %.1fs", state["epoch"], row["train_loss"], row["val_loss"],
+                 row["val_auc"], row["val_balanced_accuracy"], row["threshold"], row["seconds"])
     if writer is not None:
         writer.close()
     if state["stopped_early"]:
@@ -299,6 +302,7 @@ def ablation_table(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str
                         Path(out_root) / variant)
         evaluation = evaluate_run(run_dir, split=split)
         state = json.loads((run_dir / "last" / STATE_JSON).read_text())
-        rows.append({"variant": variant, "val_auc": state["best_val_auc"], f"{split}_auc": evaluation.overall()["auc"],
-                     f"{split}_balanced_accuracy": evaluation.overall()["balanced_accuracy"], "run": str(run_dir)})
+        overall = evaluation.overall()
+        rows.append({"variant": variant, "val_auc": state["best_val_auc"], f"{split}_auc": overall["auc"],
+                     f"{split}_balanced_accuracy": overall["balanced_accuracy"], "run": str(run_dir)})
     return pd.DataFrame(rows)

@@ -9,7 +9,7 @@ import logging
 import sys
 
 # One module per command group; each defines `register(subparsers)`.
-COMMAND_MODULES = ["data"]
+COMMAND_MODULES = ["data", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
