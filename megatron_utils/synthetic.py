@@ -30,7 +30,7 @@ class SyntheticEmbedConfig:
     rgb_dim: int = 32
     depth_dim: int = 32
     signal: str = "depth"  # stream(s) carrying the fake shift: "depth" | "rgb" | "both"
-    strength: float = 1.5  # shift along the direction, in units of per-frame noise
+    strength: float = 2.0  # shift along the direction, in units of per-frame noise
     identity_scale: float = 0.5
     padded_fraction: float = 0.25  # clips whose tail is padding (valid == False)
     seed: int = 0
