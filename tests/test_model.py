@@ -29,8 +29,9 @@ def tiny(**overrides) -> MegatronDetector:
 
 def clip_batch(batch: int = 3, frames: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return (torch.randn(batch, frames, 12, generator=generator), torch.randn(batch, frames, 7, generator=generator),
-            torch.ones(batch, frames, dtype=torch.bool))
+    rgb = torch.randn(batch, frames, 12, generator=generator)
+    depth = torch.randn(batch, frames, 7, generator=generator)
+    return rgb, depth, torch.ones(batch, frames, dtype=torch.bool)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -55,7 +56,8 @@ def test_clips_of_different_lengths_in_one_batch_match_their_own_outputs():
     valid[1, 5:] = False
     batched = model(rgb, depth, valid)
     for clip, length in enumerate([2, 5, 6]):
-        alone = model(rgb[clip:clip + 1, :length], depth[clip:clip + 1, :length], valid[clip:clip + 1, :length])
+        one = slice(clip, clip + 1)
+        alone = model(rgb[one, :length], depth[one, :length], valid[one, :length])
         torch.testing.assert_close(batched[clip:clip + 1], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -102,7 +104,8 @@ def test_config_round_trip_registry_and_validation(tmp_path):
     config = model_config("megatron-base", rgb_dim=384, depth_dim=256, streams="depth")
     config.save(tmp_path / "config.json")
     assert MegatronConfig.load(tmp_path / "config.json") == config
-    assert json.loads((tmp_path / "config.json").read_text())["d_model"] == MODEL_CONFIGS["megatron-base"]["d_model"]
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["d_model"] == MODEL_CONFIGS["megatron-base"]["d_model"] and stored["streams"] == "depth"
     assert "megatron-tiny" in list_models() and "megatron-base" in list_models()
     with pytest.raises(ValueError, match="unknown model"):
         model_config("megatron-huge")

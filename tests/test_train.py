@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from megatron_utils import train as train_module
 from megatron_utils.cache import FAILED
-from megatron_utils.clips import Augmentation, augment, load_clips, open_embed_cache
 from megatron_utils.cli import main
+from megatron_utils.clips import Augmentation, augment, load_clips, open_embed_cache
 from megatron_utils.model import MegatronDetector, model_config
 from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.train import TrainConfig, ablation_table, learning_rate, resume, train
@@ -38,7 +38,8 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(synthetic, tmp_path_factory):
     index_path, cache_dir = synthetic
-    return train(index_path, cache_dir, FAST, model_config("megatron-tiny"), tmp_path_factory.mktemp("runs") / "full")
+    out = tmp_path_factory.mktemp("runs") / "full"
+    return train(index_path, cache_dir, FAST, model_config("megatron-tiny"), out)
 
 
 def weights(run_dir, checkpoint="last"):
@@ -175,8 +176,9 @@ def test_learning_rate_warms_up_then_decays():
 def test_cli_trains_a_run(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("megatron_utils.cli.COMMAND_MODULES", ["train"])
     index_path, cache_dir = synthetic
-    status = main(["train", "--index", str(index_path), "--embeddings", str(cache_dir), "--model", "megatron-tiny",
-                   "--epochs", "1", "--streams", "depth", "--d-model", "32", "--out", str(tmp_path / "cli")])
+    status = main(["train", "--index", str(index_path), "--embeddings", str(cache_dir), "--model",
+                   "megatron-tiny", "--epochs", "1", "--streams", "depth", "--d-model", "32",
+                   "--out", str(tmp_path / "cli")])
     assert status == 0 and "best checkpoint" in capsys.readouterr().out
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["model"]["streams"] == "depth" and config["model"]["d_model"] == 32
