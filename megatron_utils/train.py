@@ -244,8 +244,10 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
             loss_sum += loss.detach() * len(label)
             state["step"] += 1
         state["epoch"] += 1
-        row = {"epoch": state["epoch"], "step": state["step"], "lr": lr,
-               "train_loss": float(loss_sum) / len(train_clips), **validate(model, val_clips, train_cfg),
+        train_loss = float(loss_sum) / len(train_clips)  # waits for the device: the pass is done
+        train_seconds = time.perf_counter() - started
+        row = {"epoch": state["epoch"], "step": state["step"], "lr": lr, "train_loss": train_loss,
+               **validate(model, val_clips, train_cfg), "train_seconds": train_seconds,
                "seconds": time.perf_counter() - started}
         history.append(row)
         model.config.threshold = row["threshold"]
