@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from common import REPO, print_table, write_results
+from common import print_table, write_results
 
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_utils.model import DEFAULT_MODEL, list_models, model_config  # noqa: E402
 from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache  # noqa: E402

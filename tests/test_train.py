@@ -183,3 +183,7 @@ def test_cli_trains_a_run(synthetic, tmp_path, monkeypatch, capsys):
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["model"]["streams"] == "depth" and config["model"]["d_model"] == 32
     assert main(["train", "--embeddings", str(cache_dir)]) == 2  # --index missing: a usage error
+    assert main(["train", "--resume", str(tmp_path / "cli"), "--lr", "0.1"]) == 2  # the run's lr stays
+    assert "only --epochs may change" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "cli"), "--epochs", "2"]) == 0
+    assert list(pd.read_csv(tmp_path / "cli" / "history.csv")["epoch"]) == [1, 2]

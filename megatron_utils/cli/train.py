@@ -50,6 +50,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
+        given = [name for name in (*TRAIN_OPTIONS, *MODEL_OPTIONS, "index", "embeddings", "out")
+                 if name != "epochs" and getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--resume continues the run with its own data and config; only --epochs may "
+                             f"change (got --{', --'.join(n.replace('_', '-') for n in given)})")
         run_dir = resume(args.resume, epochs=args.epochs)
     else:
         if args.index is None or args.embeddings is None:
