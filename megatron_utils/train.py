@@ -194,9 +194,11 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         })
 
     model = MegatronDetector(model_cfg).to(device)
-    # No weight decay on biases, norms, CLS tokens and positions (nanoGPT's rule: decay 2-D weights only).
-    decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
+    # Weight decay on weight matrices only: not on biases, norms, CLS tokens and learned positions.
+    exempt = {name for name, p in model.named_parameters()
+              if p.dim() < 2 or name.endswith((".cls", ".position"))}
+    decay = [p for name, p in model.named_parameters() if name not in exempt]
+    no_decay = [p for name, p in model.named_parameters() if name in exempt]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=train_cfg.lr,
                                   fused=device.type == "cuda")
@@ -277,6 +279,9 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
 def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
     """Continue a run from last/ (optionally to a new number of epochs) with its own config and data."""
     run_dir = Path(run_dir)
+    if not (run_dir / "last" / STATE_JSON).exists():
+        raise FileNotFoundError(f"{run_dir} has no last/ checkpoint with training state to resume from "
+                                "(a run killed in its first epoch must start again)")
     config = json.loads((run_dir / "config.json").read_text())
     train_cfg = TrainConfig(**config["train"])
     if epochs is not None and epochs != train_cfg.epochs:

@@ -106,6 +106,8 @@ def test_resume_after_a_kill_continues_exactly(synthetic, full_run, tmp_path, mo
     assert json.loads((tmp_path / "killed" / "last" / "training_state.json").read_text())["epoch"] == 2
     with pytest.raises(ValueError, match="already holds a run"):
         train(*synthetic, FAST, model_config("megatron-tiny"), tmp_path / "killed")
+    with pytest.raises(FileNotFoundError, match="no last/ checkpoint"):
+        resume(tmp_path / "never_trained")
     resumed = resume(tmp_path / "killed")
     assert_same_weights(weights(resumed), weights(full_run))
     assert list(pd.read_csv(resumed / "history.csv")["epoch"]) == [1, 2, 3, 4, 5]
