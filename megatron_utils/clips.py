@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .cache import StageCache
@@ -23,6 +24,8 @@ from .cache import StageCache
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ("video_id", "label", "dataset", "method", "split")
+PREPROCESS_FILE = "preprocess.json"  # written beside the embeddings by `megatron preprocess`
+ENTRY_TENSORS = ("rgb", "depth", "valid")
 
 
 def read_index(path: str | os.PathLike) -> pd.DataFrame:
@@ -61,8 +64,11 @@ def open_embed_cache(cache_dir: str | os.PathLike) -> StageCache:
 
 
 def preprocessing_config(cache_dir: str | os.PathLike) -> dict:
-    """The embed cache's {"stage", "key", "config"}: what `predict` needs to rebuild the preprocessing."""
-    return json.loads((Path(cache_dir) / "config.json").read_text())
+    """The embed cache's {"stage", "key", "config"} plus "pipeline": the full preprocessing configuration
+    that `megatron preprocess` writes beside the embeddings (preprocess.json), or None without one."""
+    stored = json.loads((Path(cache_dir) / "config.json").read_text())
+    pipeline = Path(cache_dir) / PREPROCESS_FILE
+    return {**stored, "pipeline": json.loads(pipeline.read_text())["config"] if pipeline.is_file() else None}
 
 
 @dataclass
@@ -113,7 +119,12 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
         if video_id not in done:
             missing[video_id] = failures.get(video_id) or "not in the embed cache"
             continue
-        tensors, _ = cache.read(video_id)
+        try:
+            tensors, _ = cache.read(video_id)
+            check_entry(tensors)
+        except (OSError, ValueError, SafetensorError) as error:
+            missing[video_id] = f"unreadable embed entry {cache.entry_path(video_id)}: {error}"
+            continue
         keep = tensors["valid"].any(axis=1)
         empty_clips += int((~keep).sum())
         if not keep.any():
@@ -142,6 +153,17 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
     log.info("loaded %d clips of %d %s videos (%d real, %d fake clips) from %s", len(clips), len(videos),
              split or "indexed", *clips.class_counts(), cache.dir)
     return clips
+
+
+def check_entry(tensors: dict[str, np.ndarray]) -> None:
+    """An embed entry holds rgb [C, T, D], depth [C, T, D'] and valid [C, T] that agree on C and T."""
+    absent = [name for name in ENTRY_TENSORS if name not in tensors]
+    if absent:
+        raise ValueError(f"lacks {absent}")
+    shapes = {name: tensors[name].shape for name in ENTRY_TENSORS}
+    if len(shapes["valid"]) != 2 or any(shapes[name][:2] != shapes["valid"] or len(shapes[name]) != 3
+                                        for name in ("rgb", "depth")):
+        raise ValueError(f"inconsistent shapes {shapes}")
 
 
 def pad_frames(array: np.ndarray, frames: int) -> np.ndarray:

@@ -173,6 +173,8 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
         "model": model.config.to_dict(), "threshold": threshold, "split": split,
         "index": str(index_path.resolve()), "embed_cache": str(embed_cache_dir.resolve()),
         "preprocessing": preprocessing, "trained_on_preprocessing_key": trained_key,
+        "trained_on": {name: run_config["data"][name] for name in ("index", "embed_cache", "train_videos",
+                                                                   "val_videos")},
         "missing_videos": clips.missing,
     }
     write_json_atomic(out_dir / "metrics.json", {**provenance, "metrics": metrics.to_dict(orient="records")})
@@ -202,8 +204,12 @@ def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figure
     """report.md and report.html: the metrics, the figures, and exactly which weights and data were used."""
     missing = provenance["missing_videos"]
     same_preprocessing = provenance["preprocessing"]["key"] == provenance["trained_on_preprocessing_key"]
+    trained_on = provenance["trained_on"]
     facts = [
         ("Weights", provenance["checkpoint"]),
+        ("Trained on", f"{trained_on['index']} ({trained_on['train_videos']} train, "
+                       f"{trained_on['val_videos']} validation videos), "
+                       f"embeddings {trained_on['embed_cache']}"),
         ("Decision threshold", f"{provenance['threshold']:.4f} (chosen on the validation split in training)"),
         ("Index", f"{provenance['index']} (split: {provenance['split']})"),
         ("Embed cache", f"{provenance['embed_cache']} (key {provenance['preprocessing']['key']})"),

@@ -30,7 +30,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import write_json_atomic
-from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config, read_index
+from .clips import (
+    PREPROCESS_FILE,
+    Augmentation,
+    ClipSet,
+    iterate_batches,
+    load_clips,
+    preprocessing_config,
+    read_index,
+)
 from .evaluate import (
     autocast,
     binary_metrics,
@@ -180,10 +188,16 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
     if not resume:
         index_table.to_csv(run_dir / "index.csv", index=False)
+        preprocessing = preprocessing_config(embed_cache_dir)
+        if preprocessing["pipeline"] is None:
+            log.warning("%s has no %s (not made by `megatron preprocess`): this run cannot tell `megatron "
+                        "predict` how to preprocess new videos", embed_cache_dir, PREPROCESS_FILE)
+        else:
+            shutil.copyfile(embed_cache_dir / PREPROCESS_FILE, run_dir / PREPROCESS_FILE)
         index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
         write_json_atomic(run_dir / "config.json", {
             "model": model_cfg.to_dict(), "train": asdict(train_cfg),
-            "preprocessing": preprocessing_config(embed_cache_dir),
+            "preprocessing": preprocessing,
             "data": {"index": index_source,
                      "index_copy": "index.csv", "embed_cache": str(embed_cache_dir.resolve()),
                      "embed_key": embed_cache_dir.name, "train_videos": len(train_clips.videos),

@@ -104,7 +104,8 @@ def test_evaluate_writes_metrics_plots_and_report(run):
     report = (out / "report.md").read_text()
     embed_key = json.loads((run / "config.json").read_text())["data"]["embed_key"]
     for expected in ("| method | Deepfakes |", "| method | FaceSwap |", str((run / "best").resolve()),
-                     embed_key, "same as training", f"{threshold:.4f}", "![roc.png](roc.png)"):
+                     embed_key, "same as training", f"{threshold:.4f}", "![roc.png](roc.png)",
+                     "**Trained on:**"):
         assert expected in report
     assert "<table" in (out / "report.html").read_text()
     assert json.loads((out / "metrics.json").read_text())["threshold"] == threshold

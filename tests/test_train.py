@@ -55,7 +55,9 @@ def assert_same_weights(a, b):
 def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, synthetic):
     config = json.loads((full_run / "config.json").read_text())
     cache_config = json.loads((synthetic[1] / "config.json").read_text())
-    assert config["preprocessing"] == cache_config  # what `predict` needs to rebuild the preprocessing
+    # What `predict` needs to rebuild the preprocessing (this synthetic cache has no preprocess.json).
+    assert config["preprocessing"] == {**cache_config, "pipeline": None}
+    assert not (full_run / "preprocess.json").exists()
     assert config["data"]["embed_key"] == cache_config["key"]
     assert config["data"]["index"] == str(synthetic[0].resolve())
     assert config["model"]["rgb_dim"] == 32 and config["train"]["epochs"] == FAST.epochs
@@ -127,8 +129,8 @@ def test_early_stopping_when_validation_auc_stops_improving(synthetic, tmp_path)
 def test_missing_and_failed_cache_entries_are_reported(synthetic, tmp_path, caplog):
     index_path, cache_dir = synthetic
     index = pd.read_csv(index_path, dtype=str, keep_default_na=False)
-    extra = index[index["split"] == "train"].head(2).copy()
-    extra["video_id"] = ["ffpp/Deepfakes/never_embedded", "ffpp/Deepfakes/broken"]
+    extra = index[index["split"] == "train"].head(3).copy()
+    extra["video_id"] = ["ffpp/Deepfakes/never_embedded", "ffpp/Deepfakes/broken", "ffpp/Deepfakes/torn"]
     index = pd.concat([index, extra], ignore_index=True)
     # A cache in another root, holding the synthetic entries plus one recorded failure.
     cache = open_embed_cache(cache_dir)
@@ -137,16 +139,26 @@ def test_missing_and_failed_cache_entries_are_reported(synthetic, tmp_path, capl
     for item in cache.done_items():
         copy.write(item, cache.read(item)[0])
     copy.record("ffpp/Deepfakes/broken", FAILED, error="broken.mp4: no face found in any frame")
+    copy.write("ffpp/Deepfakes/torn", cache.read(cache.done_items()[0])[0])
+    copy.entry_path("ffpp/Deepfakes/torn").write_bytes(b"\x00" * 12)  # damaged on disk after the write
+    pipeline = {"config": {"frames": {"frames_per_clip": 8}}, "caches": {}, "weights": {}}
+    (copy.dir / "preprocess.json").write_text(json.dumps(pipeline))
     with caplog.at_level(logging.WARNING):
         clips = load_clips(index, copy.dir, "train")
+    torn = clips.missing.pop("ffpp/Deepfakes/torn")
+    assert torn.startswith("unreadable embed entry") and str(copy.entry_path("ffpp/Deepfakes/torn")) in torn
     assert clips.missing == {"ffpp/Deepfakes/never_embedded": "not in the embed cache",
                              "ffpp/Deepfakes/broken": "broken.mp4: no face found in any frame"}
-    assert "2 of" in caplog.text and "never_embedded" in caplog.text
-    assert len(clips.videos) == (index["split"] == "train").sum() - 2
+    assert "3 of" in caplog.text and "never_embedded" in caplog.text
+    assert len(clips.videos) == (index["split"] == "train").sum() - 3
     index.to_csv(tmp_path / "index.csv", index=False)
     run = train(tmp_path / "index.csv", copy.dir, TrainConfig(epochs=1), model_config("megatron-tiny"),
                 tmp_path / "run")
-    assert set(json.loads((run / "config.json").read_text())["data"]["missing_videos"]) == set(clips.missing)
+    config = json.loads((run / "config.json").read_text())
+    assert set(config["data"]["missing_videos"]) == {*clips.missing, "ffpp/Deepfakes/torn"}
+    # The full preprocessing configuration travels with the run, for `megatron predict`.
+    assert json.loads((run / "preprocess.json").read_text()) == pipeline
+    assert config["preprocessing"]["pipeline"] == pipeline["config"]
 
 
 def test_augmentation_keeps_valid_frames_and_is_reproducible():
