@@ -20,47 +20,11 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .cache import StageCache
+from .preprocess import PREPROCESS_FILE
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ("video_id", "label", "dataset", "method", "split")
-PREPROCESS_FILE = "preprocess.json"  # written beside the embeddings by `megatron preprocess`
 ENTRY_TENSORS = ("rgb", "depth", "valid")
-
-
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """The index table from a CSV or Parquet file (columns: docs/ARCHITECTURE.md)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"index file not found: {path}")
-    if path.suffix == ".parquet":
-        index = pd.read_parquet(path)
-    elif path.suffix == ".csv":
-        index = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        raise ValueError(f"{path}: the index must be a .csv or .parquet file")
-    missing = [column for column in INDEX_COLUMNS if column not in index.columns]
-    if missing:
-        raise ValueError(f"{path}: index lacks columns {missing}")
-    bad_labels = set(index["label"]) - {"real", "fake"}
-    if bad_labels:
-        raise ValueError(f"{path}: labels must be 'real' or 'fake', found {sorted(bad_labels)}")
-    return index
-
-
-def open_embed_cache(cache_dir: str | os.PathLike) -> StageCache:
-    """The StageCache stored in `cache_dir` (a `<root>/embed/<key>/` folder with its config.json)."""
-    cache_dir = Path(cache_dir)
-    config_path = cache_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{cache_dir} is not a stage cache folder: config.json is missing")
-    stored = json.loads(config_path.read_text())
-    if stored.get("stage") != "embed":
-        raise ValueError(f"{cache_dir} is a {stored.get('stage')!r} cache, not an embed cache")
-    cache = StageCache(stored["stage"], stored["config"], root=cache_dir.parent.parent)
-    if cache.dir.resolve() != cache_dir.resolve():
-        raise ValueError(f"{cache_dir}: its config.json hashes to key {cache.key}, not the folder name")
-    return cache
 
 
 def preprocessing_config(cache_dir: str | os.PathLike) -> dict:
@@ -103,7 +67,7 @@ class ClipSet:
 def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | None = None) -> ClipSet:
     """The clips of the index's videos in `split` (all videos if None). Videos the cache lacks (never
     embedded, or failed) and clips without one valid frame are skipped with a warning, never silently."""
-    cache = open_embed_cache(cache_dir)
+    cache = StageCache.open(cache_dir, "embed")
     rows = index if split is None else index[index["split"] == split]
     if rows.empty:
         raise ValueError(f"the index has no videos in split {split!r}")

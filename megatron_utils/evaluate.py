@@ -9,6 +9,7 @@ validation balanced accuracy (equivalently Youden's J = TPR - FPR on the ROC cur
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -29,7 +30,10 @@ from sklearn.metrics import (
 )
 
 from .cache import write_json_atomic
-from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config, read_index
+from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
+from .datasets import read_index
+from .inference import autocast as mixed_precision
+from .inference import resolve_device
 from .model import MegatronDetector
 from .plots import plot_confusion, plot_roc, plot_training_curves
 
@@ -38,13 +42,9 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["auc", "ap", "eer", "accuracy", "balanced_accuracy", "f1"]
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; a no-op on the CPU, where bf16 matmuls are slower than float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    return mixed_precision(device, torch.bfloat16 if enabled and device.type == "cuda" else torch.float32)
 
 
 @torch.no_grad()

@@ -30,25 +30,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import write_json_atomic
-from .clips import (
-    PREPROCESS_FILE,
-    Augmentation,
-    ClipSet,
-    iterate_batches,
-    load_clips,
-    preprocessing_config,
-    read_index,
-)
+from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
+from .datasets import read_index
 from .evaluate import (
     autocast,
     binary_metrics,
     choose_threshold,
     clip_probabilities,
     evaluate_run,
-    resolve_device,
     video_probabilities,
 )
+from .inference import resolve_device
 from .model import MegatronConfig, MegatronDetector
+from .preprocess import PREPROCESS_FILE
 
 log = logging.getLogger(__name__)
 

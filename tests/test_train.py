@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_utils import train as train_module
-from megatron_utils.cache import FAILED
+from megatron_utils.cache import FAILED, StageCache
 from megatron_utils.cli import main
-from megatron_utils.clips import Augmentation, augment, load_clips, open_embed_cache
+from megatron_utils.clips import Augmentation, augment, load_clips
 from megatron_utils.model import MegatronDetector, model_config
 from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.train import TrainConfig, ablation_table, learning_rate, resume, train
@@ -133,7 +133,7 @@ def test_missing_and_failed_cache_entries_are_reported(synthetic, tmp_path, capl
     extra["video_id"] = ["ffpp/Deepfakes/never_embedded", "ffpp/Deepfakes/broken", "ffpp/Deepfakes/torn"]
     index = pd.concat([index, extra], ignore_index=True)
     # A cache in another root, holding the synthetic entries plus one recorded failure.
-    cache = open_embed_cache(cache_dir)
+    cache = StageCache.open(cache_dir, "embed")
     copy_root = tmp_path / "cache"
     copy = type(cache)("embed", cache.config, root=copy_root)
     for item in cache.done_items():
