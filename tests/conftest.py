@@ -25,3 +25,12 @@ def asset():
     from megatron_utils.assets import fetch
 
     return fetch
+
+
+@pytest.fixture(scope="session")
+def tiny_mini(tmp_path_factory: pytest.TempPathFactory):
+    """The `tiny` mini dataset, built once per session: (folder, MiniReport)."""
+    from megatron_utils.mini import build_mini
+
+    out = tmp_path_factory.mktemp("mini") / "tiny"
+    return out, build_mini("tiny", out, seed=0)

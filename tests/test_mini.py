@@ -23,9 +23,8 @@ ID = re.compile(r"^[a-z0-9-]+-\d+$")
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("mini") / "tiny"
-    return out, build_mini("tiny", out, seed=0)
+def tiny(tiny_mini):
+    return tiny_mini
 
 
 def _manifest(out: Path) -> dict:

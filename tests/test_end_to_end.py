@@ -1,0 +1,60 @@
+"""The main job end to end on the tiny mini dataset with tiny random-weight models: build, index,
+preprocess, train, evaluate, report."""
+
+import json
+
+import pandas as pd
+
+from megatron_utils.datasets import build_index
+from megatron_utils.datasets.index import shared_identities
+from megatron_utils.demo import DemoConfig, run_demo
+from megatron_utils.depth import DepthConfig
+from megatron_utils.embed import EmbedConfig
+from megatron_utils.faces import FaceConfig
+from megatron_utils.frames import FramesConfig
+from megatron_utils.preprocess import PreprocessConfig
+from megatron_utils.train import TrainConfig
+
+
+def test_tiny_mini_indexes_with_real_and_fake_in_every_split_and_no_shared_identity(tiny_mini):
+    folder, _ = tiny_mini
+    result = build_index(folder)
+    table = result.table
+    assert not result.problems
+    for split in ("train", "val", "test"):
+        labels = set(table.loc[table["split"] == split, "label"])
+        assert labels == {"real", "fake"}, f"{split} has {labels}"
+    assert shared_identities(table) == {}
+    assert set(table["method"]) == {"original", "FaceSwap", "MouthReenact", "SelfBlend"}
+
+
+def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
+    folder, _ = tiny_mini
+    config = DemoConfig(
+        preset="tiny", data_dir=folder, run_dir=tmp_path / "run", cache_root=tmp_path / "cache", workers=2,
+        preprocess=PreprocessConfig(
+            frames=FramesConfig(frames_per_clip=4, clips_per_video=2),
+            faces=FaceConfig(crop_size=64, min_faces=3),
+            depth=DepthConfig(model="random-init:depth-anything-tiny", output_size=48),
+            embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
+        ),
+        model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3),
+    )
+    summary = run_demo(config)
+    assert summary["videos"] == 31
+    assert "RANDOM" not in summary["weights"]["depth_model"]  # a random model chosen explicitly is no notice
+    assert summary["weights"]["rgb_backbone"].startswith("tiny_random")
+    report = (tmp_path / "run" / "eval" / "index-test" / "report.md").read_text()
+    assert "auc" in report.lower() and "FaceSwap" in report
+    metrics = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "metrics.csv")
+    per_method = metrics[metrics["group"] == "method"]
+    assert set(per_method["name"]) == {"FaceSwap", "MouthReenact", "SelfBlend"}
+    assert (per_method["fake"] > 0).all() and (per_method["real"] == metrics.iloc[0]["real"]).all()
+    assert 0.0 <= summary["test_metrics"]["auc"] <= 1.0
+    saved = json.loads((tmp_path / "run" / "demo_summary.json").read_text())
+    assert saved["seconds"].keys() >= {"train", "index"}
+
+    again = run_demo(config)  # everything is cached: nothing is rebuilt or retrained
+    assert again["test_metrics"] == summary["test_metrics"]
+    assert again["seconds"]["preprocess (faces, depth, embeddings)"] < summary["seconds"][
+        "preprocess (faces, depth, embeddings)"]
