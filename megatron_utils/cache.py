@@ -116,7 +116,10 @@ class StageCache:
         saved = json.loads(config_path.read_text())
         if stage is not None and saved.get("stage") != stage:
             raise ValueError(f"{path}: is a {saved.get('stage')!r} cache, expected {stage!r}")
-        return cls(saved["stage"], saved["config"], root=path.parent.parent)
+        cache = cls(saved["stage"], saved["config"], root=path.parent.parent)
+        if cache.dir.resolve() != path.resolve():
+            raise ValueError(f"{path}: its config.json hashes to key {cache.key}, not to the folder's name")
+        return cache
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by writers that were killed (their process no longer exists)."""

@@ -193,6 +193,9 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
     missing = [column for column in COLUMNS if column not in table.columns]
     if missing:
         raise ValueError(f"{path} is not an index table: it lacks the column(s) {', '.join(missing)}")
+    bad_labels = set(table["label"]) - set(LABELS)
+    if bad_labels:
+        raise ValueError(f"{path}: labels must be 'real' or 'fake', found {sorted(map(str, bad_labels))}")
     return table[COLUMNS].fillna("").astype(str)
 
 

@@ -1,0 +1,77 @@
+"""`megatron train` and `megatron evaluate`: train the detector on cached embeddings, evaluate a run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..evaluate import evaluate_run
+from ..model import DEFAULT_MODEL, list_models, model_config
+from ..train import TrainConfig, resume, train
+
+TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "patience", "weight_decay", "device")
+# Model options that override the named configuration when given.
+MODEL_OPTIONS = {"d_model": int, "n_heads": int, "n_layers": int, "n_cross_layers": int, "ff_dim": int,
+                 "dropout": float, "streams": str, "fusion": str, "pooling": str, "positional": str}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train the detector on an embed cache")
+    parser.add_argument("--index", type=Path, help="index table (.csv or .parquet) with train/val splits")
+    parser.add_argument("--embeddings", type=Path, help="embed cache folder (cache/embed/<key>)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list_models(), help="named model size")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<streams>-<time>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last/ "
+                        "checkpoint (with its own data and config; --epochs may extend it)")
+    defaults = TrainConfig()
+    for name in TRAIN_OPTIONS:
+        kind = type(getattr(defaults, name))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                            help=f"default {getattr(defaults, name)}")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    for name, kind in MODEL_OPTIONS.items():
+        choices = {"streams": ["both", "rgb", "depth"], "fusion": ["cross_attention", "concat"],
+                   "pooling": ["cls", "mean"], "positional": ["learned", "sinusoidal"]}.get(name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices)
+    parser.set_defaults(handler=run_train)
+
+    parser = commands.add_parser("evaluate", help="evaluate a trained run (also on another dataset)")
+    parser.add_argument("run_dir", type=Path, help="run folder written by `megatron train`")
+    parser.add_argument("--index", type=Path, help="index to evaluate on (default: the run's own)")
+    parser.add_argument("--embeddings", type=Path, help="embed cache of that index (default: the run's own)")
+    parser.add_argument("--split", default="test", help="split of the index to evaluate (default: test)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/eval/<index>-<split>)")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        given = [name for name in (*TRAIN_OPTIONS, *MODEL_OPTIONS, "index", "embeddings", "out")
+                 if name != "epochs" and getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--resume continues the run with its own data and config; only --epochs may "
+                             f"change (got --{', --'.join(n.replace('_', '-') for n in given)})")
+        run_dir = resume(args.resume, epochs=args.epochs)
+    else:
+        if args.index is None or args.embeddings is None:
+            raise ValueError("--index and --embeddings are required (or --resume RUN_DIR)")
+        overrides = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
+        train_cfg = TrainConfig(**overrides, compile=args.compile, amp=not args.no_amp)
+        model_cfg = model_config(args.model, **{name: getattr(args, name) for name in MODEL_OPTIONS
+                                                if getattr(args, name) is not None})
+        out = args.out or Path("runs") / f"{args.model}-{model_cfg.streams}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = train(args.index, args.embeddings, train_cfg, model_cfg, out)
+    print(f"run: {run_dir} (best checkpoint: {run_dir / 'best'}, history: {run_dir / 'history.csv'})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    evaluation = evaluate_run(args.run_dir, args.index, args.embeddings, args.split, args.out,
+                              args.checkpoint, device=args.device)
+    print(evaluation.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"report: {evaluation.out_dir / 'report.md'}")
+    return 0

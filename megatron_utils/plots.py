@@ -1,0 +1,57 @@
+"""Evaluation figures as PNG files. Uses matplotlib's object API (Figure + Agg canvas), never pyplot, so
+it needs no display and leaves global state alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+
+def plot_roc(scores: pd.DataFrame, path: str | os.PathLike) -> None:
+    """ROC curves of all videos and of each manipulation method (its fakes against all reals)."""
+    figure = Figure(figsize=(5, 5), dpi=100)
+    axes = figure.add_subplot()
+    labels = (scores["label"] == "fake").to_numpy(np.int64)
+    groups = [("all", np.ones(len(scores), dtype=bool))]
+    groups += [(method, (scores["method"] == method).to_numpy() | (labels == 0))
+               for method in sorted(scores.loc[labels == 1, "method"].unique())]
+    for name, chosen in groups:
+        if len(np.unique(labels[chosen])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels[chosen], scores["probability"].to_numpy()[chosen])
+        auc = roc_auc_score(labels[chosen], scores["probability"].to_numpy()[chosen])
+        axes.plot(fpr, tpr, linewidth=2.5 if name == "all" else 1.2, label=f"{name} (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title="Video-level ROC",
+             xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right", fontsize="small")
+    figure.savefig(path, bbox_inches="tight")
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, path: str | os.PathLike) -> None:
+    matrix = confusion_matrix(labels, predicted.astype(np.int64), labels=[0, 1])
+    figure = Figure(figsize=(4, 4), dpi=100)
+    axes = figure.add_subplot()
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center",
+                  color="white" if count > matrix.max() / 2 else "black")
+    axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"],
+             xlabel="predicted", ylabel="true", title="Confusion matrix (videos)")
+    figure.savefig(path, bbox_inches="tight")
+
+
+def plot_training_curves(history: pd.DataFrame, path: str | os.PathLike) -> None:
+    figure = Figure(figsize=(9, 3.5), dpi=100)
+    loss_axes, auc_axes = figure.subplots(1, 2)
+    loss_axes.plot(history["epoch"], history["train_loss"], label="train")
+    loss_axes.plot(history["epoch"], history["val_loss"], label="validation")
+    loss_axes.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_axes.legend()
+    auc_axes.plot(history["epoch"], history["val_auc"], marker="o", markersize=3)
+    auc_axes.set(xlabel="epoch", ylabel="video AUC", title="Validation AUC")
+    figure.savefig(path, bbox_inches="tight")

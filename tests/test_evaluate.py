@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from megatron_utils.cli import main
+from megatron_utils.evaluate import binary_metrics, choose_threshold, evaluate_run, metric_table
+from megatron_utils.model import model_config
+from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
+from megatron_utils.train import TrainConfig, train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny detector trained on a synthetic FF++-like cache (fakes shifted along one depth direction)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    index, cache_dir = write_synthetic_embed_cache(root / "cache", SyntheticEmbedConfig(identities=60))
+    index.to_csv(root / "index.csv", index=False)
+    config = TrainConfig(epochs=4, batch_size=32, lr=2e-3, min_lr=2e-4, seed=1)
+    return train(root / "index.csv", cache_dir, config, model_config("megatron-tiny"), root / "run")
+
+
+@pytest.fixture(scope="module")
+def other_dataset(tmp_path_factory):
+    """Another dataset, other identities and other methods, with the same kind of manipulation."""
+    root = tmp_path_factory.mktemp("other")
+    config = SyntheticEmbedConfig(identities=30, dataset="celebdf", methods=("CelebDF-synthesis",), seed=7)
+    index, cache_dir = write_synthetic_embed_cache(root / "cache", config)
+    index.to_parquet(root / "celebdf.parquet")
+    return root / "celebdf.parquet", cache_dir
+
+
+def test_binary_metrics_match_hand_computed_values():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([0.1, 0.4, 0.35, 0.8])
+    metrics = binary_metrics(labels, probs, threshold=0.5)  # predictions: 0, 0, 0, 1
+    assert metrics["auc"] == pytest.approx(0.75)  # 3 of 4 (fake, real) pairs ranked right
+    assert metrics["eer"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
+    assert metrics["f1"] == pytest.approx(2 / 3)  # precision 1, recall 1/2
+    assert (metrics["real"], metrics["fake"], metrics["videos"]) == (2, 2, 4)
+    only_reals = binary_metrics(np.zeros(3, dtype=int), np.array([0.2, 0.7, 0.1]), threshold=0.5)
+    assert np.isnan(only_reals["auc"]) and only_reals["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_threshold_maximises_balanced_accuracy():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    probs = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, 200), 0, 1)
+    chosen = choose_threshold(labels, probs)
+    best = binary_metrics(labels, probs, chosen)["balanced_accuracy"]
+    assert all(binary_metrics(labels, probs, t)["balanced_accuracy"] <= best + 1e-12 for t in probs)
+    with pytest.raises(ValueError, match="both real and fake"):
+        choose_threshold(np.ones(4, dtype=int), probs[:4])
+
+
+def test_metric_table_rows_compare_each_method_with_all_reals():
+    scores = pd.DataFrame({
+        "label": ["real", "real", "fake", "fake", "fake"], "dataset": ["ffpp"] * 5,
+        "method": ["original", "original", "Deepfakes", "FaceSwap", "FaceSwap"],
+        "probability": [0.1, 0.6, 0.9, 0.2, 0.7],
+    })
+    table = metric_table(scores, threshold=0.5).set_index(["group", "name"])
+    assert list(table.index) == [("overall", "all"), ("dataset", "ffpp"), ("method", "Deepfakes"),
+                                 ("method", "FaceSwap")]
+    assert table.loc[("method", "Deepfakes"), ["real", "fake"]].tolist() == [2, 1]
+    assert table.loc[("method", "Deepfakes"), "auc"] == pytest.approx(1.0)
+    # FaceSwap fakes (0.2, 0.7) against the reals (0.1, 0.6): 3 of 4 pairs ranked right.
+    assert table.loc[("method", "FaceSwap"), "auc"] == pytest.approx(0.75)
+    assert table.loc[("method", "FaceSwap"), "real"] == 2
+
+
+def test_evaluate_writes_metrics_plots_and_report(run):
+    evaluation = evaluate_run(run)
+    out = run / "eval" / "index-test"
+    assert evaluation.out_dir == out
+    for name in ("roc.png", "confusion.png", "training_curves.png"):
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics.loc[metrics["group"] == "method", "name"]) == {"Deepfakes", "FaceSwap"}
+    overall = evaluation.overall()
+    assert overall["auc"] > 0.8
+    scores = pd.read_csv(out / "scores.csv")
+    index = pd.read_csv(run / "index.csv")
+    assert set(scores["video_id"]) == set(index.loc[index["split"] == "test", "video_id"])
+    # The threshold applied is the one stored with the checkpoint (chosen on validation).
+    threshold = json.loads((run / "best" / "config.json").read_text())["threshold"]
+    labels = (scores["label"] == "fake").to_numpy()
+    assert overall["accuracy"] == pytest.approx(np.mean((scores["probability"] >= threshold) == labels))
+    report = (out / "report.md").read_text()
+    embed_key = json.loads((run / "config.json").read_text())["data"]["embed_key"]
+    for expected in ("| method | Deepfakes |", "| method | FaceSwap |", str((run / "best").resolve()),
+                     embed_key, "same as training", f"{threshold:.4f}", "![roc.png](roc.png)",
+                     "**Trained on:**"):
+        assert expected in report
+    assert "<table" in (out / "report.html").read_text()
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == threshold
+
+
+def test_cross_dataset_evaluation_without_retraining(run, other_dataset, tmp_path, monkeypatch, capsys):
+    weights_before = (run / "best" / "model.safetensors").read_bytes()
+    monkeypatch.setattr("megatron_utils.cli.COMMAND_MODULES", ["train"])
+    index_path, cache_dir = other_dataset
+    status = main(["evaluate", str(run), "--index", str(index_path), "--embeddings", str(cache_dir),
+                   "--out", str(tmp_path / "cross")])
+    assert status == 0 and "CelebDF-synthesis" in capsys.readouterr().out
+    metrics = pd.read_csv(tmp_path / "cross" / "metrics.csv").set_index(["group", "name"])
+    assert ("dataset", "celebdf") in metrics.index and ("dataset", "ffpp") not in metrics.index
+    assert metrics.loc[("overall", "all"), "auc"] > 0.8  # the same artifact, on unseen identities
+    report = (tmp_path / "cross" / "report.md").read_text()
+    assert "DIFFERENT from training" in report and str(cache_dir.resolve()) in report
+    assert (run / "best" / "model.safetensors").read_bytes() == weights_before
+
+
+def test_evaluation_refuses_embeddings_of_another_size(run, tmp_path):
+    index, cache_dir = write_synthetic_embed_cache(tmp_path / "cache",
+                                                   SyntheticEmbedConfig(identities=10, rgb_dim=16))
+    index.to_csv(tmp_path / "index.csv", index=False)
+    with pytest.raises(ValueError, match=r"sizes \(rgb, depth\) = \(16, 32\)"):
+        evaluate_run(run, tmp_path / "index.csv", cache_dir, out_dir=tmp_path / "out")
