@@ -40,6 +40,10 @@ TINY = {
     "EPOCHS": 3,
     "BATCH_SIZE": 8,
     "DEVICE": "cpu",
+    "PROJECTION": "pca",
+    "CROSS_DATA_DIR": "data/mini-tiny-seed1",
+    "CROSS_MINI_PRESET": "tiny",
+    "CROSS_MINI_SEED": 1,
 }
 
 
