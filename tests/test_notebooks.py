@@ -10,10 +10,14 @@ import types
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 
+from megatron_utils import viz
 from megatron_utils.colab import GITHUB_REPO, colab_url, mount_drive
+from megatron_utils.faces import FaceConfig, extract_faces
+from megatron_utils.frames import FramesConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -115,6 +119,25 @@ def test_mount_drive_in_colab_uses_my_drive(tmp_path: Path, monkeypatch: pytest.
     assert mounted == [str(tmp_path / "drive")]
     assert folder == tmp_path / "drive" / "MyDrive" / "megatron" and folder.is_dir()
     assert mount_drive(tmp_path / "local", mountpoint=tmp_path / "drive") == tmp_path / "local"
+
+
+def test_face_report_tables_name_the_failures(asset, cache_dir: Path):
+    """The tables 01_faces shows: a video without faces is listed with its reason; counts add up."""
+
+    table = pd.DataFrame({"video_id": ["real/face", "fake/no_face", "fake/missing"],
+                          "path": [asset("single_face_video"), asset("no_face_video"), "/nonexistent.mp4"],
+                          "label": ["real", "fake", "fake"], "method": ["original", "Demo", "Demo"],
+                          "split": ["test"] * 3})
+    faces, report = extract_faces(table.iloc[:2], FramesConfig(frames_per_clip=4), FaceConfig(crop_size=32),
+                                  workers=0)
+    failures = viz.failure_table(faces, table)
+    assert failures["video_id"].tolist() == ["fake/no_face"]
+    error = failures["error"].iloc[0]
+    assert error == report.failures["fake/no_face"] and "face" in error
+    counts = viz.status_by_method(faces, table)
+    assert counts.loc["original"].tolist() == [1, 1, 0, 0]
+    assert counts.loc["Demo"].tolist() == [2, 0, 1, 1]  # videos, ok, failed, not run
+    assert viz.manifest_table(faces, table)["status"].tolist() == ["failed", "ok"]
 
 
 @pytest.fixture
