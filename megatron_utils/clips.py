@@ -64,6 +64,16 @@ class ClipSet:
         return len(self) - fakes, fakes
 
 
+def source_paths(embed_cache: StageCache) -> dict[str, str]:
+    """The video file each embedded item was made from, as the upstream faces stage recorded it
+    (empty for embeddings made without a faces stage, such as synthetic ones)."""
+    faces_dir = embed_cache.dir.parent.parent / "faces" / str(embed_cache.config.get("faces"))
+    if not (faces_dir / "config.json").is_file():
+        return {}
+    return {item: record["path"] for item, record in StageCache.open(faces_dir, "faces").records().items()
+            if record.get("path")}
+
+
 def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | None = None) -> ClipSet:
     """The clips of the index's videos in `split` (all videos if None). Videos the cache lacks (never
     embedded, or failed) and clips without one valid frame are skipped with a warning, never silently."""
@@ -73,15 +83,22 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
         raise ValueError(f"the index has no videos in split {split!r}")
     failures = cache.failures()
     done = set(cache.done_items())
+    sources = source_paths(cache)
     missing: dict[str, str] = {}
     arrays: dict[str, list[np.ndarray]] = {"rgb": [], "depth": [], "valid": []}
     clip_video: list[int] = []
     kept_rows: list[int] = []
     empty_clips = 0
-    for row_number, video_id in enumerate(tqdm(rows["video_id"], desc=f"load {split or 'all'} clips",
-                                               leave=False)):
+    for row_number, (video_id, path) in enumerate(tqdm(zip(rows["video_id"], rows["path"], strict=True),
+                                                       total=len(rows), desc=f"load {split or 'all'} clips",
+                                                       leave=False)):
         if video_id not in done:
             missing[video_id] = failures.get(video_id) or "not in the embed cache"
+            continue
+        made_from = sources.get(video_id)
+        if made_from is not None and Path(made_from).resolve() != Path(path).resolve():
+            # Video ids are unique within one index only: another dataset sharing this cache replaced it.
+            missing[video_id] = f"its embeddings were made from {made_from}, not {path}; preprocess again"
             continue
         try:
             tensors, _ = cache.read(video_id)

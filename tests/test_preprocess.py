@@ -72,3 +72,17 @@ def test_cli_preprocess_exits_1_when_an_item_failed(videos, cache_dir, capsys):
     out = capsys.readouterr().out
     assert status == 1
     assert "failed empty" in out and "embed cache: " in out and "tiny_random" in out
+
+
+def test_training_never_reads_embeddings_made_from_another_file_with_the_same_id(videos, cache_dir, asset):
+    import pandas as pd
+
+    from megatron_utils.clips import load_clips
+
+    result = preprocess(videos[:1] + videos[3:], TINY, workers=0)  # single_face and obama
+    rows = [dict(video_id="real/single_face", path=str(asset("single_face_video")), label="real"),
+            dict(video_id="photo/obama", path=str(asset("biden")), label="fake")]  # another file, same id
+    rows = [{**row, "split": "train"} for row in rows]
+    clips = load_clips(pd.DataFrame(rows), result.embed.dir, "train")
+    assert list(clips.videos["video_id"]) == ["real/single_face"]
+    assert "made from" in clips.missing["photo/obama"] and "obama.jpg" in clips.missing["photo/obama"]
