@@ -34,3 +34,14 @@ def tiny_mini(tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("mini") / "tiny"
     return out, build_mini("tiny", out, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from megatron_utils.cli import main
 from megatron_utils.evaluate import binary_metrics, choose_threshold, evaluate_run, metric_table
@@ -11,16 +10,9 @@ from megatron_utils.model import model_config
 from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.train import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

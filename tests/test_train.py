@@ -14,16 +14,9 @@ from megatron_utils.model import MegatronDetector, model_config
 from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.train import TrainConfig, ablation_table, learning_rate, resume, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = TrainConfig(epochs=5, batch_size=32, lr=2e-3, min_lr=2e-4, patience=5, seed=3, eval_batch_size=256)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
