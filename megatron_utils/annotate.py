@@ -56,7 +56,7 @@ def plot_timeline(prediction: Prediction, path: str | os.PathLike) -> Path:
         seconds = axes.secondary_xaxis("top", functions=(lambda f: f / prediction.fps,
                                                          lambda s: s * prediction.fps))
         seconds.set_xlabel("seconds")
-    axes.legend(loc="upper right", fontsize="small")
+    axes.legend(loc="best", fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, bbox_inches="tight")
@@ -94,8 +94,8 @@ def draw_faces(image: np.ndarray, prediction: Prediction, frame: int) -> np.ndar
         cv2.rectangle(out, (x0, top), (x0 + text_w + 4, top + text_h + base + 4), colour, -1)
         cv2.putText(out, label, (x0 + 2, top + text_h + 2), font, 0.6 * scale, (255, 255, 255), thickness,
                     cv2.LINE_AA)
-    header = (f"{prediction.verdict.upper()} {prediction.fake_probability:.2f} "
-              f"(threshold {prediction.threshold:.2f})")
+    header = (f"{prediction.verdict.upper()} {prediction.fake_probability:.3f} "
+              f"(threshold {prediction.threshold:.3f})")
     colour = FAKE_COLOUR if prediction.verdict == "fake" else REAL_COLOUR
     (text_w, text_h), base = cv2.getTextSize(header, font, 0.7 * scale, thickness)
     cv2.rectangle(out, (0, 0), (text_w + 12, text_h + base + 12), (0, 0, 0), -1)
