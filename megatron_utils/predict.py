@@ -1,0 +1,394 @@
+"""Scoring new videos and images with a trained run: `Detector.from_pretrained(run).predict(path)`.
+
+The run's `preprocess.json` (copied there by `train`) rebuilds exactly the training preprocessing: face
+detector, crop margin and size, depth model and input size, both backbones and their input sizes, T. The
+weights actually loaded must be the ones recorded at training (by content fingerprint), so local copies of
+the models may replace hub ids, but other weights are refused. The model runs in eval mode under
+`torch.inference_mode`, with no augmentation: the same file always gets the same scores.
+
+Frame sampling (unlike training, which takes C clips per video, a new video is scored all the way through):
+- Frames are taken at a fixed step from frame 0 to the end: every `sample_every` frames when given, else
+  every ceil(frame_count / max_frames) frames, with `max_frames` = 3 T by default (a 10 s, 24 fps video
+  with T = 16: every 5th frame, 48 frames).
+- Windows of T consecutive sampled frames start every `window_stride` sampled frames (default T // 2);
+  one more window is aligned to the end when the stride leaves the last frames uncovered. With 3 T sampled
+  frames that is 5 windows. A video with at most T sampled frames is one shorter window (padded and masked
+  as training pads short clips); a still image is one window of one frame.
+- Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each window
+  in which the face has a crop in at least half of the window's frames. A face's probability is the mean of
+  its windows (as `evaluate` averages a video's clips); the video's probability is the highest face's, and
+  the prediction names that face. Each sampled frame of a face gets the mean of the windows covering it.
+- A video with fewer than `min_frames` frames (default max(2, T // 2)) is not scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .annotate import annotate_image, annotate_video, plot_timeline
+from .cache import atomic_path
+from .depth import DepthEstimator
+from .embed import Embedder, to_clips
+from .evaluate import autocast
+from .faces import FaceDetector, VideoFaces, extract_video_faces
+from .frames import FramesConfig
+from .inference import resolve_device
+from .model import CONFIG_NAME, WEIGHTS_NAME, MegatronDetector
+from .preprocess import PREPROCESS_FILE, PreprocessConfig
+from .video import MediaError, is_image, probe
+
+__all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore", "annotate_image",
+           "annotate_video", "plot_timeline", "write_csv", "write_jsonl"]
+
+logger = logging.getLogger(__name__)
+
+OK, FAILED = "ok", "failed"
+DEFAULT_CHECKPOINT = "best"
+
+
+@dataclass
+class PredictConfig:
+    """How a new video is covered; None picks the default from T (see the module docstring)."""
+
+    window_stride: int | None = None  # sampled frames between window starts; default T // 2
+    sample_every: int | None = None  # video frames between sampled frames; default from max_frames
+    max_frames: int | None = None  # frames sampled per video when sample_every is None; default 3 T
+    min_frames: int | None = None  # shorter videos fail; default max(2, T // 2)
+    batch_size: int | None = None  # crops per depth and embedding batch; default: the training ones
+
+    def resolved(self, frames_per_clip: int) -> PredictConfig:
+        length = frames_per_clip
+        config = replace(self, window_stride=self.window_stride or max(1, length // 2),
+                         max_frames=self.max_frames or 3 * length,
+                         min_frames=self.min_frames or max(2, length // 2))
+        for name in ("window_stride", "sample_every", "max_frames", "min_frames", "batch_size"):
+            value = getattr(config, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        return config
+
+
+@dataclass
+class WindowScore:
+    first_frame: int  # first and last sampled frame of the window (video frame numbers)
+    last_frame: int
+    probability: float
+    frames: int  # frames of the window in which this face has a crop
+
+
+@dataclass
+class FaceScore:
+    track: int  # 0 = the person with the largest summed face area
+    probability: float  # mean of the window probabilities
+    frames_used: int  # sampled frames of this face inside its scored windows
+    windows: list[WindowScore]
+    frame_index: list[int]  # those frames (video frame numbers), ascending
+    boxes: list[list[float]]  # (x0, y0, x1, y1) in frame pixels, one per frame_index
+    timeline: list[float]  # per frame_index: the mean probability of the windows covering the frame
+
+
+@dataclass
+class Prediction:
+    path: str
+    status: str  # "ok" or "failed"
+    error: str | None = None  # why it failed, naming the file
+    fake_probability: float | None = None  # the highest face probability
+    verdict: str | None = None  # "fake" when fake_probability >= threshold, else "real"
+    threshold: float | None = None
+    face: int | None = None  # track id of the face that decided the score
+    face_box: list[float] | None = None  # its box on its first scored frame
+    faces: list[FaceScore] = field(default_factory=list)  # every scored face, by track id
+    frames_used: int = 0  # sampled frames decoded and searched for faces
+    sample_every: int | None = None  # video frames between sampled frames
+    frame_count: int = 0
+    fps: float = 0.0
+    media: str | None = None  # "video" or "image"
+    weights: dict[str, str] = field(default_factory=dict)  # checkpoint, depth model, backbones, in words
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode_faces, depth, embed, ...
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def deciding_face(self) -> FaceScore:
+        return next(face for face in self.faces if face.track == self.face)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prediction:
+        faces = [FaceScore(**{**face, "windows": [WindowScore(**w) for w in face["windows"]]})
+                 for face in data.get("faces", [])]
+        return cls(**{**data, "faces": faces})
+
+
+def window_starts(count: int, length: int, stride: int) -> list[int]:
+    """Start positions of windows of `length` over `count` sampled frames, `stride` apart, plus one aligned
+    to the end when the stride leaves the last frames uncovered; at most `length` frames: one window."""
+    if count <= length:
+        return [0]
+    starts = list(range(0, count - length + 1, stride))
+    if starts[-1] + length < count:
+        starts.append(count - length)
+    return starts
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) for a run folder (its best/ checkpoint) or a checkpoint inside one."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"run folder or checkpoint {path} does not exist")
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        return path.parent, path
+    if (path / DEFAULT_CHECKPOINT / WEIGHTS_NAME).is_file():
+        return path, path / DEFAULT_CHECKPOINT
+    raise FileNotFoundError(f"{path} is neither a run folder with a {DEFAULT_CHECKPOINT}/ checkpoint nor a "
+                            f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+
+
+def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder) -> None:
+    """Refuse weights other than those the run was trained on (compared by content fingerprint)."""
+    loaded = {"depth model": (depth.fingerprint, depth.weights),
+              "rgb backbone": (embedder.rgb.fingerprint, f"{embedder.rgb.name}: {embedder.rgb.weights}"),
+              "depth backbone": (embedder.depth.fingerprint,
+                                 f"{embedder.depth.name}: {embedder.depth.weights}")}
+    expected = {"depth model": recorded.get("depth"),
+                "rgb backbone": (recorded.get("rgb") or {}).get("weights"),
+                "depth backbone": (recorded.get("depth_backbone") or {}).get("weights")}
+    for name, (fingerprint, source) in loaded.items():
+        if expected[name] is None:
+            raise ValueError(f"the run's {PREPROCESS_FILE} does not record the {name} weights it was trained "
+                             f"with, so the loaded ones ({source}) cannot be checked")
+        if fingerprint != expected[name]:
+            raise ValueError(f"{name} weights {source} (fingerprint {fingerprint}) are not the ones the run "
+                             f"was trained with (fingerprint {expected[name]}); give the same weights "
+                             f"(a local copy of them is fine)")
+
+
+class Detector:
+    """A trained run ready to score new media; build it with `Detector.from_pretrained`."""
+
+    def __init__(self, model: MegatronDetector, preprocessing: PreprocessConfig, config: PredictConfig,
+                 checkpoint: Path, device: torch.device):
+        self.model = model.eval()
+        self.preprocessing = preprocessing
+        self.frames_per_clip = preprocessing.frames.frames_per_clip
+        self.config = config.resolved(self.frames_per_clip)
+        self.checkpoint = checkpoint
+        self.device = device
+        self.threshold = float(model.config.threshold)
+        self.face_detector = FaceDetector(preprocessing.faces)
+        self.depth = DepthEstimator(preprocessing.depth)
+        self.embedder = Embedder(preprocessing.embed)
+        dims = (self.embedder.rgb.num_features, self.embedder.depth.num_features)
+        if dims != (model.config.rgb_dim, model.config.depth_dim):
+            raise ValueError(f"the backbones give (rgb, depth) features of sizes {dims}, but {checkpoint} "
+                             f"expects {(model.config.rgb_dim, model.config.depth_dim)}")
+        self.weights = {
+            "checkpoint": f"{checkpoint.resolve()} (threshold {self.threshold:.4f})",
+            "depth_model": self.depth.weights,
+            "rgb_backbone": f"{self.embedder.rgb.name}: {self.embedder.rgb.weights}",
+            "depth_backbone": f"{self.embedder.depth.name}: {self.embedder.depth.weights}",
+        }
+
+    @classmethod
+    def from_pretrained(cls, run_dir_or_checkpoint: str | os.PathLike, device: str = "auto",
+                        depth_model: str | None = None, rgb_weights: str | None = None,
+                        depth_weights: str | None = None, **overrides: Any) -> Detector:
+        """Load a run's checkpoint (its best/ by default, or a checkpoint folder inside the run), its decision
+        threshold and its preprocessing. `depth_model`, `rgb_weights` and `depth_weights` point at local
+        copies of the training weights; `overrides` are `PredictConfig` fields."""
+        known = {f.name for f in fields(PredictConfig)}
+        if set(overrides) - known:
+            raise ValueError(f"unknown option(s) {sorted(set(overrides) - known)}; known: {sorted(known)}")
+        config = PredictConfig(**overrides)
+        run_dir, checkpoint = resolve_checkpoint(run_dir_or_checkpoint)
+        recipe = run_dir / PREPROCESS_FILE
+        if not recipe.is_file():
+            raise FileNotFoundError(f"{recipe} does not exist: the run was trained on embeddings not made by "
+                                    f"`megatron preprocess`, so how to preprocess new media is unknown")
+        stored = json.loads(recipe.read_text())
+        recorded = stored.get("weights") or {}
+        preprocessing = PreprocessConfig.from_dict(stored["config"])
+        torch_device = resolve_device(device)
+        batch = {"batch_size": config.batch_size} if config.batch_size else {}
+        embed = preprocessing.embed
+        # The backbones the run really used (not "auto", which could resolve differently here).
+        backbones = {f"{stream}_backbone": (recorded.get(key) or {}).get("backbone")
+                     or getattr(embed, f"{stream}_backbone")
+                     for stream, key in (("rgb", "rgb"), ("depth", "depth_backbone"))}
+        preprocessing = replace(
+            preprocessing,
+            faces=replace(preprocessing.faces, track="all"),
+            depth=replace(preprocessing.depth, model=depth_model or preprocessing.depth.model,
+                          device=str(torch_device), **batch),
+            embed=replace(embed, **backbones, rgb_weights=rgb_weights or embed.rgb_weights,
+                          depth_weights=depth_weights or embed.depth_weights, device=str(torch_device),
+                          **batch),
+        )
+        model = MegatronDetector.from_pretrained(checkpoint, map_location=torch_device)
+        detector = cls(model, preprocessing, config, checkpoint, torch_device)
+        check_weights(recorded, detector.depth, detector.embedder)
+        logger.info("predict with %s", "; ".join(f"{k}: {v}" for k, v in detector.weights.items()))
+        return detector
+
+    # Sampling ----------------------------------------------------------------------------------------
+    def frames_config(self, path: Path) -> tuple[FramesConfig, int | None]:
+        """The sampling of one file: every `step`-th frame from 0 to the end, as one consecutive clip."""
+        if is_image(path):
+            return FramesConfig(frames_per_clip=1), None
+        info = probe(path)
+        if info.frame_count < self.config.min_frames:
+            raise MediaError(path, f"video too short: {info.frame_count} frame(s), scoring needs at least "
+                                   f"{self.config.min_frames} (give a still image as an image file)")
+        step = self.config.sample_every or max(1, math.ceil(info.frame_count / self.config.max_frames))
+        count = len(range(0, info.frame_count, step))
+        return FramesConfig(frames_per_clip=count, sampling="consecutive", stride=step), step
+
+    # Scoring -----------------------------------------------------------------------------------------
+    def predict(self, path: str | os.PathLike) -> Prediction:
+        """Score one video or image; any failure becomes a record with status "failed" and the reason."""
+        path = Path(path)
+        try:
+            return self._predict(path)
+        except MediaError as error:
+            return Prediction(str(path), FAILED, error=str(error), threshold=self.threshold,
+                              weights=self.weights)
+        except Exception as error:  # noqa: BLE001 - one bad file never stops a batch
+            logger.debug("predict %s failed", path, exc_info=True)
+            return Prediction(str(path), FAILED, error=f"{path}: {type(error).__name__}: {error}",
+                              threshold=self.threshold, weights=self.weights)
+
+    def predict_many(self, paths: Iterable[str | os.PathLike]) -> Iterator[Prediction]:
+        paths = list(paths)
+        for path in tqdm(paths, desc="predict", unit="file", disable=len(paths) < 2):
+            yield self.predict(path)
+
+    def _predict(self, path: Path) -> Prediction:
+        timings: dict[str, float] = {}
+        started = tic = time.perf_counter()
+        frames_config, step = self.frames_config(path)
+        video = extract_video_faces(path, frames_config, self.preprocessing.faces, self.face_detector)
+        timings["decode_faces"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        crops = np.concatenate([track.crops for track in video.tracks])  # all people in shared batches
+        depth_maps = self.depth(crops)
+        timings["depth"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        rgb, depth = self.embedder(crops, depth_maps)
+        timings["embed"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        faces = self.score_tracks(video, rgb, depth)
+        timings["classify"] = time.perf_counter() - tic
+        if not faces:
+            raise MediaError(path, "no face has crops in at least half of the frames of any window")
+        best = max(faces, key=lambda face: face.probability)
+        timings["total"] = time.perf_counter() - started
+        return Prediction(
+            str(path), OK, fake_probability=best.probability,
+            verdict="fake" if best.probability >= self.threshold else "real", threshold=self.threshold,
+            face=best.track, face_box=best.boxes[0], faces=faces, frames_used=video.frames_decoded,
+            sample_every=step, frame_count=video.frame_count, fps=video.fps,
+            media="image" if step is None else "video", weights=self.weights,
+            timings={name: round(seconds, 4) for name, seconds in timings.items()})
+
+    def score_tracks(self, video: VideoFaces, rgb: np.ndarray, depth: np.ndarray) -> list[FaceScore]:
+        """Every face scored on its windows; `rgb`/`depth` hold the features of all tracks' crops in order."""
+        sampled = video.clips[0]
+        length = self.frames_per_clip
+        windows = [sampled[start:start + length]
+                   for start in window_starts(len(sampled), length, self.config.window_stride)]
+        rows, clip_index, frame_index, owners = [], [], [], []  # one entry per (window, crop)
+        offset = 0
+        for track_id, track in enumerate(video.tracks):
+            row_of = {int(frame): offset + row for row, frame in enumerate(track.frame_index)}
+            for window_id, window in enumerate(windows):
+                members = [frame for frame in window if frame in row_of]
+                if 2 * len(members) >= len(window):
+                    owners.append((track_id, window_id, len(members)))
+                    rows += [row_of[frame] for frame in members]
+                    clip_index += [len(owners) - 1] * len(members)
+                    frame_index += members
+            offset += len(track)
+        if not owners:
+            return []
+        # The embed stage's layout (float16, present frames first, padding masked), as in training.
+        clips = to_clips({"rgb": rgb[rows], "depth": depth[rows]}, np.array(clip_index),
+                         np.array(frame_index), length)
+        probabilities = self.classify(clips["rgb"], clips["depth"], clips["valid"])
+
+        faces = []
+        for track_id, track in enumerate(video.tracks):
+            scored = [(windows[w], count, float(p))
+                      for (t, w, count), p in zip(owners, probabilities, strict=True) if t == track_id]
+            if not scored:
+                continue
+            in_windows = {int(f) for window, _, _ in scored for f in window}
+            used = sorted(in_windows & set(track.frame_index.tolist()))
+            box_of = {int(f): box for f, box in zip(track.frame_index, track.boxes, strict=True)}
+            timeline = [float(np.mean([p for window, _, p in scored if window[0] <= frame <= window[-1]]))
+                        for frame in used]
+            faces.append(FaceScore(
+                track=track_id, probability=float(np.mean([p for _, _, p in scored])), frames_used=len(used),
+                windows=[WindowScore(int(w[0]), int(w[-1]), p, count) for w, count, p in scored],
+                frame_index=used, boxes=[[round(float(v), 2) for v in box_of[f]] for f in used],
+                timeline=timeline))
+        return faces
+
+    @torch.inference_mode()
+    def classify(self, rgb: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """P(fake) of clips [N, T, D] of each stream, in eval mode: no dropout and no augmentation."""
+        device = self.device
+        with autocast(device):
+            logits = self.model(rgb=torch.from_numpy(rgb).to(device).float(),
+                                depth=torch.from_numpy(depth).to(device).float(),
+                                valid=torch.from_numpy(valid).to(device))
+        return torch.sigmoid(logits.float()[:, 0]).cpu().numpy()
+
+
+# Outputs ---------------------------------------------------------------------------------------------
+CSV_COLUMNS = ["path", "status", "verdict", "fake_probability", "threshold", "face", "face_box", "faces",
+               "frames_used", "seconds", "error"]
+
+
+def write_jsonl(predictions: Iterable[Prediction], path: str | os.PathLike) -> Path:
+    """One JSON object per prediction (`Prediction.to_dict`), written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        for prediction in predictions:
+            handle.write(json.dumps(prediction.to_dict()) + "\n")
+    return path
+
+
+def write_csv(predictions: Iterable[Prediction], path: str | os.PathLike) -> Path:
+    """One row per input: verdict, probability, deciding face and its box, or the failure reason."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS)
+        writer.writeheader()
+        for p in predictions:
+            writer.writerow({
+                "path": p.path, "status": p.status, "verdict": p.verdict or "",
+                "fake_probability": "" if p.fake_probability is None else f"{p.fake_probability:.6f}",
+                "threshold": "" if p.threshold is None else f"{p.threshold:.6f}",
+                "face": "" if p.face is None else p.face,
+                "face_box": "" if p.face_box is None else " ".join(f"{v:.1f}" for v in p.face_box),
+                "faces": len(p.faces), "frames_used": p.frames_used,
+                "seconds": f"{p.timings.get('total', 0.0):.3f}", "error": p.error or ""})
+    return path

@@ -1,0 +1,278 @@
+"""`megatron predict` on a tiny run trained in this module: real mini-dataset videos preprocessed with tiny
+models (random-init Depth Anything, `tiny_random` backbones, 64 px crops, T = 8), then real and broken media
+scored through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from megatron_utils.cli import main
+from megatron_utils.clips import load_clips
+from megatron_utils.datasets import build_index, write_index
+from megatron_utils.depth import DepthConfig
+from megatron_utils.embed import EmbedConfig
+from megatron_utils.evaluate import clip_probabilities
+from megatron_utils.faces import FaceConfig
+from megatron_utils.frames import FramesConfig
+from megatron_utils.mini import build_mini
+from megatron_utils.model import MegatronDetector, model_config
+from megatron_utils.predict import (
+    Detector,
+    Prediction,
+    annotate_image,
+    annotate_video,
+    plot_timeline,
+    window_starts,
+    write_csv,
+    write_jsonl,
+)
+from megatron_utils.preprocess import PreprocessConfig, preprocess
+from megatron_utils.train import TrainConfig, train
+from megatron_utils.video import iter_frames, probe, write_mp4
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T, STRIDE = 8, 5  # training clips: frames 0, 5, ..., 35 of each 40-frame mini video
+FAST = {"max_frames": 12}  # 40-frame videos: every 4th frame, 10 frames, 2 windows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A megatron-tiny run trained 3 epochs on 11 real and fake videos of the `tiny` mini dataset.
+
+    Only videos 256 px wide are used: dlib's HOG detector misreads frames whose rows PyAV pads (widths such
+    as 312 or 456), so face boxes on those are not reproducible from one call to the next."""
+    root = tmp_path_factory.mktemp("predict")
+    build_mini("tiny", root / "mini", seed=0)
+    table = build_index(root / "mini").table
+    table = table[table["split"].isin(["train", "val"])]
+    table = table[[probe(path).width == 256 for path in table["path"]]]
+    table = table.groupby(["split", "label"]).head(3).reset_index(drop=True)
+    write_index(table, root / "index.csv")
+    config = PreprocessConfig(
+        frames=FramesConfig(frames_per_clip=T, sampling="consecutive", stride=STRIDE),
+        faces=FaceConfig(crop_size=64, min_faces=4),
+        depth=DepthConfig(model="random-init:depth-anything-tiny", output_size=64),
+        embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
+    )
+    result = preprocess(table, config, cache_root=root / "cache", workers=0)
+    assert not result.failures()
+    run = train(root / "index.csv", result.embed.dir, TrainConfig(epochs=3, batch_size=4, lr=2e-3),
+                model_config("megatron-tiny"), root / "run")
+    return run, table, result.embed.dir
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_run):
+    return Detector.from_pretrained(tiny_run[0], **FAST)
+
+
+def video_of(table, label):
+    return table.loc[table["label"] == label, "path"].iloc[0]
+
+
+def check_record(prediction: Prediction):
+    assert prediction.status == "ok" and prediction.error is None, prediction.error
+    assert 0 <= prediction.fake_probability <= 1
+    assert prediction.verdict == ("fake" if prediction.fake_probability >= prediction.threshold else "real")
+    best = max(prediction.faces, key=lambda face: face.probability)
+    assert (prediction.face, prediction.fake_probability) == (best.track, best.probability)
+    assert prediction.face_box == best.boxes[0]
+    for face in prediction.faces:
+        assert face.probability == pytest.approx(np.mean([w.probability for w in face.windows]))
+        assert len(face.frame_index) == len(face.boxes) == len(face.timeline) == face.frames_used
+        for frame, value in zip(face.frame_index, face.timeline, strict=True):  # mean of covering windows
+            covering = [w.probability for w in face.windows if w.first_frame <= frame <= w.last_frame]
+            assert value == pytest.approx(np.mean(covering))
+    assert set(prediction.timings) == {"decode_faces", "depth", "embed", "classify", "total"}
+    assert "tiny_random" in prediction.weights["rgb_backbone"]
+    assert "random-init:depth-anything-tiny" in prediction.weights["depth_model"]
+    json.dumps(prediction.to_dict())  # JSON-able as it is
+
+
+def test_window_starts_cover_every_sampled_frame():
+    assert window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert window_starts(22, 8, 4) == [0, 4, 8, 12, 14]  # one more, aligned to the end
+    assert window_starts(5, 8, 4) == [0]  # a short video: one shorter window
+    assert window_starts(1, 1, 1) == [0]
+
+
+def test_video_predictions_are_complete_and_identical_twice(detector, tiny_run):
+    _, table, _ = tiny_run
+    for label in ("real", "fake"):
+        path = video_of(table, label)
+        first, second = detector.predict(path), detector.predict(path)
+        check_record(first)
+        assert first.media == "video" and first.sample_every == 4 and first.frames_used == 10
+        assert [(w.first_frame, w.last_frame) for w in first.faces[0].windows] == [(0, 28), (8, 36)]
+        # No augmentation and no dropout at inference: the same file gives the same result.
+        drop_timings = lambda p: {**p.to_dict(), "timings": None}  # noqa: E731
+        assert drop_timings(first) == drop_timings(second)
+    assert not detector.model.training
+
+
+@pytest.mark.parametrize("streams", ["both", "depth"])
+def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clip(tiny_run, streams, tmp_path):
+    """The guard against feeding one modality to the other stream: with windows that coincide with the
+    training clip, predict must reproduce the evaluate path's score on the cached embeddings."""
+    run, table, embed_dir = tiny_run
+    # A checkpoint whose score depends strongly, and differently, on each stream's input, so that swapping
+    # the modalities moves it far more than float16 rounding can.
+    sensitive = tmp_path / "run"
+    sensitive.mkdir()
+    shutil.copy(run / "preprocess.json", sensitive)
+    config = replace(MegatronDetector.from_pretrained(run / "best").config, streams=streams, pooling="mean",
+                     dropout=0.0)
+    torch.manual_seed(0)
+    model = MegatronDetector(config).eval()
+    with torch.no_grad():  # tiny_random features vary little: amplify them, and the head
+        for scale, name in zip((40.0, -60.0), model.stream_names, strict=False):
+            model.embeddings[name].project.weight.mul_(scale)
+        model.head[-1].weight.mul_(5.0)
+    model.save_pretrained(sensitive / "best")
+
+    row = table[table["path"] == video_of(table, "real")]
+    clips = load_clips(row, embed_dir)
+    expected = float(clip_probabilities(model, clips)[0])
+    with torch.no_grad():
+        rgb, depth = clips.rgb.float(), clips.depth.float()
+        swapped = model(rgb=depth, depth=rgb, valid=clips.valid) if streams == "both" else \
+            model(rgb=None, depth=rgb, valid=clips.valid)
+    assert abs(float(torch.sigmoid(swapped[0, 0])) - expected) > 0.1  # a swap would be caught
+
+    prediction = Detector.from_pretrained(sensitive, sample_every=STRIDE).predict(row["path"].iloc[0])
+    check_record(prediction)
+    window = prediction.faces[0].windows
+    assert len(window) == 1 and (window[0].first_frame, window[0].last_frame) == (0, (T - 1) * STRIDE)
+    assert window[0].probability == pytest.approx(expected, abs=1e-3), window[0].probability - expected
+
+
+def test_multi_face_photo_scores_every_face_and_names_the_highest(detector, asset):
+    prediction = detector.predict(asset("pyfeat_multi_face"))
+    check_record(prediction)
+    assert prediction.media == "image" and len(prediction.faces) >= 3
+    assert len({tuple(face.boxes[0]) for face in prediction.faces}) == len(prediction.faces)
+    for face in prediction.faces:  # a still image is one window of one frame
+        assert face.frame_index == [0] and len(face.windows) == 1 and face.windows[0].frames == 1
+
+
+def test_single_image(detector, asset, tmp_path):
+    prediction = detector.predict(asset("obama"))
+    check_record(prediction)
+    assert len(prediction.faces) == 1 and prediction.frames_used == 1
+    out = annotate_image(prediction, tmp_path / "obama.png")
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.fixture(scope="module")
+def broken_files(tiny_run, asset, tmp_path_factory):
+    """Each malformed input with the words its failure reason must contain."""
+    folder = tmp_path_factory.mktemp("broken")
+    good = video_of(tiny_run[1], "real")
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is not a video\n")
+    data = Path(good).read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    write_mp4(folder / "one_frame.mp4", [frame for _, frame in iter_frames(good, [0])])
+    return {folder / "empty.mp4": "empty", folder / "text.mp4": "not a readable video",
+            folder / "truncated.mp4": "not a readable video", folder / "one_frame.mp4": "too short",
+            asset("no_face_video"): "no face found", folder / "missing.mp4": "does not exist"}
+
+
+def test_broken_inputs_fail_with_reasons_and_the_batch_goes_on(detector, tiny_run, broken_files, tmp_path):
+    good = video_of(tiny_run[1], "fake")
+    paths = [good, *broken_files, good]
+    predictions = list(detector.predict_many(paths))
+    assert [p.path for p in predictions] == [str(p) for p in paths]
+    check_record(predictions[0])
+    assert predictions[-1].fake_probability == predictions[0].fake_probability
+    for prediction, (path, reason) in zip(predictions[1:-1], broken_files.items(), strict=True):
+        assert prediction.status == "failed" and prediction.fake_probability is None
+        assert str(path) in prediction.error and reason in prediction.error, prediction.error
+    write_jsonl(predictions, tmp_path / "out.jsonl")
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert Prediction.from_dict(json.loads(lines[0])) == predictions[0]
+    write_csv(predictions, tmp_path / "out.csv")
+    rows = list(csv.DictReader((tmp_path / "out.csv").read_text().splitlines()))
+    assert [row["status"] for row in rows] == ["ok", *["failed"] * len(broken_files), "ok"]
+    assert rows[1]["error"] == predictions[1].error
+
+
+def test_timeline_plot_and_annotated_video(detector, tiny_run, tmp_path):
+    path = video_of(tiny_run[1], "fake")
+    prediction = detector.predict(path)
+    plot = plot_timeline(prediction, tmp_path / "timeline.png")
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert Image.open(plot).size[0] > 400
+    video = annotate_video(prediction, tmp_path / "annotated.mp4")
+    info, source = probe(video), probe(path)
+    assert info.codec == "h264" and info.frame_count == source.frame_count
+    assert (info.width, info.height) == (source.width, source.height)
+    # The box is drawn on every frame between sampled ones: frame 2 lies between samples 0 and 4.
+    (_, drawn), (_, plain) = next(iter_frames(video, [2])), next(iter_frames(path, [2]))
+    face = prediction.deciding_face()
+    x0, y0, x1, y1 = (int(v) for v in np.mean([face.boxes[0], face.boxes[1]], axis=0))
+    edge = np.abs(drawn[y0 + 2: y1 - 2, x0].astype(int) - plain[y0 + 2: y1 - 2, x0].astype(int)).mean()
+    assert edge > 30  # the box's left side is painted over the face's surroundings
+    failed = detector.predict(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="was not scored"):
+        plot_timeline(failed, tmp_path / "nothing.png")
+
+
+def test_weights_other_than_the_training_ones_are_refused(tiny_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from megatron_utils.backbones import create_backbone
+
+    backbone = create_backbone("tiny_random")
+    state = {name: tensor + 0.01 for name, tensor in backbone.model.state_dict().items()}
+    save_file(state, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="rgb backbone weights .* are not the ones the run was trained with"):
+        Detector.from_pretrained(tiny_run[0], rgb_weights=str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="unknown option"):
+        Detector.from_pretrained(tiny_run[0], windows=3)
+
+
+def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
+    run, table, _ = tiny_run
+    inputs = tmp_path / "inputs"
+    (inputs / "nested").mkdir(parents=True)
+    shutil.copy(video_of(table, "fake"), inputs / "nested" / "clip.mp4")
+    (inputs / "notes.txt").write_text("not media: folders yield only videos and images")
+    out = tmp_path / "out"
+    args = ["predict", str(inputs), "--run", str(run), "--max-frames", "12", "--jsonl", str(out / "p.jsonl"),
+            "--csv", str(out / "p.csv"), "--annotate", str(out / "annotated"), "--plot", str(out / "plots")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "clip.mp4" in printed and "scored 1 of 1 inputs" in printed and "tiny_random" in printed
+    assert len((out / "p.jsonl").read_text().splitlines()) == 1
+    assert probe(out / "annotated" / "clip.mp4").codec == "h264"
+    assert (out / "plots" / "clip.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    empty = next(path for path in broken_files if path.name == "empty.mp4")
+    assert main(["predict", str(inputs / "nested" / "*.mp4"), str(empty), "--run", str(run),
+                 "--max-frames", "12"]) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "file is empty" in printed and "scored 1 of 2" in printed
+
+    assert main(["predict", str(tmp_path / "nothing-*.mp4"), "--run", str(run)]) == 2
+    assert "no input matched" in capsys.readouterr().err
+    assert main(["predict", str(inputs), "--run", str(tmp_path / "no-run")]) == 2
+    assert main(["predict", str(inputs), "--run", str(run), "--checkpoint", "nope"]) == 2
