@@ -36,6 +36,10 @@ MAX_TRACK_SHIFT = 0.75
 MAX_TRACK_SCALE = 2.0
 
 
+# Bumped whenever a code change alters the crops for the same configuration, so old caches are not reused.
+FACES_VERSION = 2
+
+
 class NoFaceError(MediaError):
     """A video or image in which too few sampled frames show a usable face."""
 
@@ -90,7 +94,9 @@ def dlib_hog(config: FaceConfig) -> Detector:
     detector = dlib.get_frontal_face_detector()
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rects, scores, _ = detector.run(image, config.upsample, 0.0)
+        # dlib misreads arrays with padded rows (PyAV returns such frames for some widths, e.g. 312 px):
+        # the same frame would give a face on one call and none on the next.
+        rects, scores, _ = detector.run(np.ascontiguousarray(image), config.upsample, 0.0)
         boxes = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
 
@@ -377,7 +383,8 @@ def extract_video_faces(path: str | os.PathLike, frames_config: FramesConfig, fa
 def faces_cache(frames_config: FramesConfig, face_config: FaceConfig,
                 cache_root: str | os.PathLike | None = None) -> StageCache:
     """The `faces` stage cache; its key hashes both configs, since either changes the crops."""
-    return StageCache("faces", {"frames": asdict(frames_config), "faces": asdict(face_config)}, cache_root)
+    return StageCache("faces", {"frames": asdict(frames_config), "faces": asdict(face_config),
+                                "version": FACES_VERSION}, cache_root)
 
 
 _worker_detector: FaceDetector | None = None

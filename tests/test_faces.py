@@ -17,6 +17,7 @@ from megatron_utils.faces import (
     FaceConfig,
     FaceDetector,
     NoFaceError,
+    create_detector,
     extract_faces,
     extract_video_faces,
     fill_boxes,
@@ -233,3 +234,17 @@ def test_cli_extract_prints_summary_and_fails_on_bad_items(asset, tmp_path, monk
     assert cli.main(["extract", str(index), str(bad), *common]) == 1
     out = capsys.readouterr().out
     assert "1 already cached, 1 failed" in out and "broken" in out and "empty" in out
+
+
+def test_dlib_detection_does_not_depend_on_the_memory_layout_of_the_frame(asset):
+    """PyAV returns frames with padded rows for some widths; dlib must see the same pixels either way."""
+    image = read_image(asset("obama"))
+    padded = np.zeros((image.shape[0], image.shape[1] + 24, 3), np.uint8)
+    padded[:, : image.shape[1]] = image
+    view = padded[:, : image.shape[1]]  # same pixels, rows 24 px apart in memory
+    detect = create_detector("dlib_hog", FaceConfig(upsample=0))
+    boxes, scores = detect(view)
+    expected_boxes, expected_scores = detect(np.ascontiguousarray(view))
+    assert len(boxes) == 1
+    np.testing.assert_array_equal(boxes, expected_boxes)
+    np.testing.assert_allclose(scores, expected_scores)

@@ -23,7 +23,6 @@ from megatron_utils.embed import EmbedConfig
 from megatron_utils.evaluate import clip_probabilities
 from megatron_utils.faces import FaceConfig
 from megatron_utils.frames import FramesConfig
-from megatron_utils.mini import build_mini
 from megatron_utils.model import MegatronDetector, model_config
 from megatron_utils.predict import (
     Detector,
@@ -44,26 +43,15 @@ T, STRIDE = 8, 5  # training clips: frames 0, 5, ..., 35 of each 40-frame mini v
 FAST = {"max_frames": 12}  # 40-frame videos: every 4th frame, 10 frames, 2 windows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread; a second one mostly waits (and 2-core CI boxes are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A megatron-tiny run trained 3 epochs on 11 real and fake videos of the `tiny` mini dataset.
-
-    Only videos 256 px wide are used: dlib's HOG detector misreads frames whose rows PyAV pads (widths such
-    as 312 or 456), so face boxes on those are not reproducible from one call to the next."""
+def tiny_run(tmp_path_factory, tiny_mini):
+    """A megatron-tiny run trained 3 epochs on 12 real and fake videos of the `tiny` mini dataset."""
     root = tmp_path_factory.mktemp("predict")
-    build_mini("tiny", root / "mini", seed=0)
-    table = build_index(root / "mini").table
+    table = build_index(tiny_mini[0]).table
     table = table[table["split"].isin(["train", "val"])]
-    table = table[[probe(path).width == 256 for path in table["path"]]]
     table = table.groupby(["split", "label"]).head(3).reset_index(drop=True)
     write_index(table, root / "index.csv")
     config = PreprocessConfig(
