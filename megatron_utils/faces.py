@@ -49,7 +49,7 @@ class FaceConfig:
     detector: str = "dlib_hog"
     fallback: str | None = "opencv_haar"  # tried on frames where `detector` finds nothing
     detect_max_side: int = 640  # frames are shrunk to this longer side for detection; boxes map back
-    upsample: int = 1  # dlib: image doublings before HOG (1 finds faces down to ~40 px at detect size)
+    upsample: int = 1  # dlib: most image doublings before HOG (1 finds faces down to ~40 px at detect size)
     margin: float = 1.3  # crop side = margin x the longer side of the box, centred on the box
     crop_size: int = 224
     min_faces: int = 8  # usable face frames a video needs (capped at the number of sampled frames)
@@ -96,7 +96,12 @@ def dlib_hog(config: FaceConfig) -> Detector:
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # dlib misreads arrays with padded rows (PyAV returns such frames for some widths, e.g. 312 px):
         # the same frame would give a face on one call and none on the next.
-        rects, scores, _ = detector.run(np.ascontiguousarray(image), config.upsample, 0.0)
+        image = np.ascontiguousarray(image)
+        # Most faces are found without upsampling, which is ~3x cheaper; upsample only frames where none is.
+        for upsample in range(config.upsample + 1):
+            rects, scores, _ = detector.run(image, upsample, 0.0)
+            if rects:
+                break
         boxes = [[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects]
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32)
 
