@@ -8,8 +8,9 @@ twice; a notebook shows a returned figure inline once `%matplotlib inline` is ac
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from matplotlib.lines import Line2D
 
 from .cache import FAILED, OK, StageCache, cache_root, cache_sizes
 from .video import is_image, probe, read_frames, read_image
+
+if TYPE_CHECKING:
+    from .predict import Prediction
 
 LABEL_COLOURS = {"real": "#2b7bba", "fake": "#d7301f"}
 MARKERS = "osD^vP*Xh<>p"
@@ -271,3 +275,41 @@ def video_frames(path: str | os.PathLike, count: int = 4, title: str | None = No
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+# Predictions ------------------------------------------------------------------------------------------
+def face_scores(prediction: Prediction) -> pd.DataFrame:
+    """One row per scored face of a prediction, highest P(fake) first: its verdict at the run's threshold,
+    whether it decided the video's verdict, its windows and the frames they span."""
+    rows = [{"face": face.track, "probability": face.probability,
+             "verdict": "fake" if face.probability >= prediction.threshold else "real",
+             "decides": face.track == prediction.face, "windows": len(face.windows),
+             "frames_used": face.frames_used, "first_frame": face.frame_index[0],
+             "last_frame": face.frame_index[-1]}
+            for face in prediction.faces]
+    columns = ["face", "probability", "verdict", "decides", "windows", "frames_used", "first_frame",
+               "last_frame"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("probability", ascending=False, ignore_index=True)
+
+
+def timing_table(prediction: Prediction) -> pd.DataFrame:
+    """Seconds spent in each step of one prediction (decoding and face search, depth, embedding,
+    classification) and each step's share of the total."""
+    total = prediction.timings.get("total")
+    rows = [{"step": step, "seconds": seconds, "share": seconds / total if total else None}
+            for step, seconds in prediction.timings.items()]
+    return pd.DataFrame(rows, columns=["step", "seconds", "share"])
+
+
+PREDICTION_COLUMNS = ["path", "status", "verdict", "fake_probability", "face", "faces", "frames_used",
+                      "seconds", "error"]
+
+
+def prediction_table(predictions: Iterable[Prediction]) -> pd.DataFrame:
+    """One row per scored input: verdict, P(fake), the deciding face, or the reason it failed."""
+    rows = [{"path": p.path, "status": p.status, "verdict": p.verdict,
+             "fake_probability": p.fake_probability, "face": p.face, "faces": len(p.faces),
+             "frames_used": p.frames_used, "seconds": p.timings.get("total"), "error": p.error}
+            for p in predictions]
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype({"face": "Int64"})  # None stays missing

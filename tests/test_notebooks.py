@@ -18,6 +18,7 @@ from megatron_utils import viz
 from megatron_utils.colab import GITHUB_REPO, colab_url, mount_drive
 from megatron_utils.faces import FaceConfig, extract_faces
 from megatron_utils.frames import FramesConfig
+from megatron_utils.predict import FaceScore, Prediction, WindowScore
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -48,6 +49,7 @@ TINY = {
     "CROSS_DATA_DIR": "data/mini-tiny-seed1",
     "CROSS_MINI_PRESET": "tiny",
     "CROSS_MINI_SEED": 1,
+    "MAX_FRAMES": 8,  # 06: two windows of T = 4 sampled frames per video
 }
 
 
@@ -61,7 +63,8 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 def test_the_numbered_notebooks_are_all_there():
     names = [path.stem for path in NOTEBOOKS]
-    assert names[:4] == ["00_setup_and_data", "01_faces", "02_depth", "03_embeddings"]
+    assert names == ["00_setup_and_data", "01_faces", "02_depth", "03_embeddings", "04_train", "05_evaluate",
+                     "06_predict"]
     assert [name[:2] for name in names] == [f"{number:02d}" for number in range(len(names))]
 
 
@@ -140,6 +143,42 @@ def test_face_report_tables_name_the_failures(asset, cache_dir: Path):
     assert viz.manifest_table(faces, table)["status"].tolist() == ["failed", "ok"]
 
 
+def scored_face(track: int, probabilities: list[float]) -> FaceScore:
+    """A face scored on windows of 4 frames sampled every 2nd video frame, a window every 2 sampled frames."""
+    windows = [WindowScore(4 * n, 4 * n + 6, p, 4) for n, p in enumerate(probabilities)]
+    frames = list(range(0, 4 * len(probabilities) + 3, 2))
+    return FaceScore(track=track, probability=sum(probabilities) / len(probabilities),
+                     frames_used=len(frames), windows=windows, frame_index=frames,
+                     boxes=[[0, 0, 10, 10]] * len(frames),
+                     timeline=[0.5] * len(frames))
+
+
+def test_prediction_tables_of_06_predict():
+    """The tables 06_predict shows: faces highest first with the deciding one marked, each step's share of
+    the time, and a batch in which a failed file keeps its reason beside the scored ones."""
+    faces = [scored_face(0, [0.2, 0.3]), scored_face(1, [0.9, 0.7, 0.8])]
+    scored = Prediction("/v/fake.mp4", "ok", fake_probability=faces[1].probability, verdict="fake",
+                        threshold=0.6, face=1, faces=faces, frames_used=8,
+                        timings={"decode_faces": 0.3, "depth": 0.5, "embed": 0.1, "classify": 0.1,
+                                 "total": 1.0})
+    table = viz.face_scores(scored)
+    assert table["face"].tolist() == [1, 0] and table["decides"].tolist() == [True, False]
+    assert table["verdict"].tolist() == ["fake", "real"]
+    assert table["windows"].tolist() == [3, 2] and table["last_frame"].tolist() == [14, 10]
+
+    timing = viz.timing_table(scored).set_index("step")
+    assert timing.loc["total", "share"] == 1.0
+    assert timing.drop("total")["seconds"].sum() == pytest.approx(timing.loc["total", "seconds"])
+
+    failed = Prediction("/v/broken.mp4", "failed", error="/v/broken.mp4: cannot open the video",
+                        threshold=0.6)
+    batch = viz.prediction_table([scored, failed])
+    assert batch["status"].tolist() == ["ok", "failed"]
+    assert batch["faces"].tolist() == [2, 0] and batch["fake_probability"].iloc[0] == pytest.approx(0.8)
+    assert pd.isna(batch["error"].iloc[0]) and "broken.mp4" in batch["error"].iloc[1]
+    assert pd.isna(batch["verdict"].iloc[1])
+
+
 @pytest.fixture
 def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A kernelspec for this interpreter, importing this checkout's `megatron_utils` (whatever kernels,
@@ -170,5 +209,11 @@ def test_notebooks_run_top_to_bottom(tmp_path: Path, kernel: str):
         figures = [output for cell in code_cells(run) for output in cell.outputs
                    if "image/png" in output.get("data", {})]
         assert figures, f"{path.name} showed no picture"
+        if path.stem == "06_predict":
+            batch = next(o for o in run.cells[-1].outputs if o.output_type == "execute_result")
+            assert " failed " in batch["data"]["text/plain"]  # the broken file's row, beside the scored
     assert (workspace / "data" / "mini-tiny" / "index.csv").is_file()
     assert list((workspace / "cache" / "embed").glob("*/items/*.safetensors"))
+    predicted = workspace / "runs" / "tiny" / "predict"
+    assert (predicted / "timeline.png").stat().st_size > 0
+    assert (predicted / "annotated.mp4").stat().st_size > 0
