@@ -8,7 +8,7 @@ architecture, so the same compute as the real weights); the backbones are the of
 (real weights; RepViT-M0.9 needs the hub).
 
 Each setting is one row: the project's default preprocessing (T = 32, 224 px crops, depth at the model's
-518 px) and the demo's (T = 16, 160 px crops, depth at 126 px), then variations of the demo's that isolate
+518 px) and the demo's (T = 8, 128 px crops, depth at 70 px), then variations that isolate
 the cost drivers (frames sampled, dlib upsampling, depth input size). Each row is the fastest of --repeats
 predictions of the same file after a warm-up one (allocators, kernels); load_avg_1min shows other load on the
 machine. With CUDA, also videos per second over a folder of 100 videos. Writes bench/results/predict.json.
@@ -61,8 +61,9 @@ def settings(device: str) -> list[Setting]:
     demo = with_models(demo_preprocess_config(), device)
     return [
         Setting("project default (T=32, crop 224, depth 518)", default, {}),
-        Setting("demo (T=16, crop 160, depth 126)", demo, {}),
-        Setting("demo, 2T frames sampled", demo, {"max_frames": 32}),
+        Setting("default, depth 252", replace(default, depth=replace(default.depth, input_size=252)), {}),
+        Setting("demo (T=8, crop 128, depth 70)", demo, {}),
+        Setting("demo, 48 frames sampled", demo, {"max_frames": 48}),
         Setting("demo, dlib upsample 0", replace(demo, faces=replace(demo.faces, upsample=0)), {}),
         Setting("demo, depth 252", replace(demo, depth=replace(demo.depth, input_size=252)), {}),
     ]
