@@ -29,6 +29,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from .backbones import RANDOM_INIT_PREFIX
 from .cache import write_json_atomic
 from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
 from .datasets import read_index
@@ -200,6 +201,17 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def feature_models(preprocessing: dict) -> str:
+    """Which networks made the embeddings, in words, with random weights called out."""
+    config, pipeline = preprocessing.get("config", {}), preprocessing.get("pipeline")
+    depth_model = pipeline["depth"]["model"] if pipeline else "unknown (not made by `megatron preprocess`)"
+    if depth_model.startswith(RANDOM_INIT_PREFIX):
+        depth_model += " (RANDOM weights: the depth maps carry no real depth information)"
+    streams = [f"{stream} backbone {config[stream]['backbone']} ({config[stream]['weights']})"
+               for stream in ("rgb", "depth") if isinstance(config.get(stream), dict)]
+    return "; ".join([f"depth model {depth_model}", *streams])
+
+
 def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figures: list[str]) -> None:
     """report.md and report.html: the metrics, the figures, and exactly which weights and data were used."""
     missing = provenance["missing_videos"]
@@ -213,6 +225,7 @@ def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figure
         ("Decision threshold", f"{provenance['threshold']:.4f} (chosen on the validation split in training)"),
         ("Index", f"{provenance['index']} (split: {provenance['split']})"),
         ("Embed cache", f"{provenance['embed_cache']} (key {provenance['preprocessing']['key']})"),
+        ("Feature models", feature_models(provenance["preprocessing"])),
         ("Preprocessing", "same as training" if same_preprocessing else
          f"DIFFERENT from training (trained on key {provenance['trained_on_preprocessing_key']})"),
         ("Videos without embeddings (skipped)", str(len(missing))),

@@ -46,6 +46,8 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     assert summary["weights"]["rgb_backbone"].startswith("tiny_random")
     report = (tmp_path / "run" / "eval" / "index-test" / "report.md").read_text()
     assert "auc" in report.lower() and "FaceSwap" in report
+    assert "depth model random-init:depth-anything-tiny (RANDOM weights" in report
+    assert "rgb backbone tiny_random" in report
     metrics = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "metrics.csv")
     per_method = metrics[metrics["group"] == "method"]
     assert set(per_method["name"]) == {"FaceSwap", "MouthReenact", "SelfBlend"}
