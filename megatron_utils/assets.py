@@ -157,6 +157,10 @@ def _distribution_archive(asset: Asset) -> Path:
                    asset.distribution]
     with tempfile.TemporaryDirectory() as workdir:
         result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+        if result.returncode != 0 and command[0] == "apt-get":
+            # A new machine may have no package lists yet ("Unable to locate package"): fetch them once.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+            result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
         downloaded = [p for p in Path(workdir).iterdir() if p.is_file()]
         if result.returncode != 0 or not downloaded:
             raise AssetError(f"could not download {asset.distribution} for asset {asset.name!r}: "
