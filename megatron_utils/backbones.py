@@ -265,6 +265,24 @@ RANDOM_INIT_DEPTH = {"depth-anything-v2-small": depth_anything_v2_small_config,
                      "depth-anything-tiny": depth_anything_tiny_config}
 
 
+def locate_depth_model(model: str) -> tuple[Path, str]:
+    """The local folder holding a depth model given as a hub id or a `save_pretrained` folder (downloaded
+    or taken from the hub cache), and where it came from in words. Raises WeightsUnavailableError."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, f"local folder {path}"
+    if path.exists() or model.startswith((".", "/", "~")):
+        raise WeightsUnavailableError(f"{model}: not a folder saved with save_pretrained (config.json, "
+                                      f"model.safetensors, preprocessor_config.json)")
+    try:
+        folder = hub_download(model)
+    except WeightsUnavailableError as error:
+        raise WeightsUnavailableError(
+            f"{error} Or choose `{RANDOM_INIT_PREFIX}depth-anything-v2-small` explicitly for RANDOM "
+            f"weights (meaningless depth maps; tests and speed measurements only).") from error
+    return folder, f"hub {model} ({folder})"
+
+
 def load_depth_model(model: str) -> DepthModel:
     """A depth model from a hub id, a local folder saved with `save_pretrained` (model and image
     processor), or `random-init:<architecture>` (real architecture, random weights: only for tests
@@ -273,20 +291,7 @@ def load_depth_model(model: str) -> DepthModel:
 
     if model.startswith(RANDOM_INIT_PREFIX):
         return _random_depth_model(model[len(RANDOM_INIT_PREFIX):])
-    path = Path(model).expanduser()
-    if path.is_dir():
-        folder, source = path, f"local folder {path}"
-    elif path.exists() or model.startswith((".", "/", "~")):
-        raise WeightsUnavailableError(f"{model}: not a folder saved with save_pretrained (config.json, "
-                                      f"model.safetensors, preprocessor_config.json)")
-    else:
-        try:
-            folder = hub_download(model)
-        except WeightsUnavailableError as error:
-            raise WeightsUnavailableError(
-                f"{error} Or choose `{RANDOM_INIT_PREFIX}depth-anything-v2-small` explicitly for RANDOM "
-                f"weights (meaningless depth maps; tests and speed measurements only).") from error
-        source = f"hub {model} ({folder})"
+    folder, source = locate_depth_model(model)
     fingerprint = folder_fingerprint(folder)
     net = AutoModelForDepthEstimation.from_pretrained(folder)
     try:

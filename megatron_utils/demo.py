@@ -20,7 +20,7 @@ from .backbones import (
     DEFAULT_DEPTH_MODEL,
     RANDOM_INIT_PREFIX,
     WeightsUnavailableError,
-    load_depth_model,
+    locate_depth_model,
 )
 from .cache import write_json_atomic
 from .datasets import build_index, summarize, write_index
@@ -66,8 +66,10 @@ class DemoConfig:
 def resolve_depth_model(config: PreprocessConfig) -> tuple[PreprocessConfig, str]:
     """The configured depth model if its weights can be had; offline, the same architecture with random
     weights, announced as such (the notice also goes into the demo's summary)."""
+    if config.depth.model.startswith(RANDOM_INIT_PREFIX):
+        return config, config.depth.model
     try:
-        load_depth_model(config.depth.model)
+        locate_depth_model(config.depth.model)  # only finds the weights; preprocessing builds the model
         return config, f"{config.depth.model} (pretrained)"
     except WeightsUnavailableError as error:
         notice = (f"Depth Anything weights {config.depth.model!r} are not reachable ({error}); the demo "
