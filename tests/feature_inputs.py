@@ -1,38 +1,32 @@
-"""Real inputs for the depth and embed tests: face crops cut with dlib's HOG detector from real photos
-and video frames, written as a `faces` stage cache in exactly the format of docs/ARCHITECTURE.md, and a
-tiny random-weight depth model saved to a local folder."""
+"""Real inputs for the depth and embed tests: face crops of real photos and video frames, cut with the
+faces stage's own detector and cropper, written as a `faces` stage cache in exactly the format of
+docs/ARCHITECTURE.md, and a tiny random-weight depth model saved to a local folder."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-import cv2
-import dlib
 import numpy as np
 
 from megatron_utils.cache import StageCache
+from megatron_utils.faces import FaceConfig, FaceDetector, square_crop
 from megatron_utils.video import read_frames, read_image
 
 CROP = 112  # small crops keep the tests fast; the format is the same at 224
 
 
 @functools.cache
-def hog_detector() -> dlib.fhog_object_detector:
-    return dlib.get_frontal_face_detector()
+def face_detector() -> FaceDetector:
+    return FaceDetector(FaceConfig(upsample=0, fallback=None))
 
 
 def face_crop(image: np.ndarray, size: int = CROP) -> tuple[np.ndarray, np.ndarray]:
-    """The largest HOG-detected face, widened by 30% and squared, resized to `size`; and its box."""
-    detections = hog_detector()(image, 0)
-    assert detections, "test photo without a detectable face"
-    face = max(detections, key=lambda r: r.area())
-    cx, cy = (face.left() + face.right()) / 2, (face.top() + face.bottom()) / 2
-    half = 0.65 * max(face.width(), face.height())
-    x0, y0 = int(max(cx - half, 0)), int(max(cy - half, 0))
-    x1, y1 = int(min(cx + half, image.shape[1])), int(min(cy + half, image.shape[0]))
-    crop = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (size, size), interpolation=cv2.INTER_AREA)
-    return crop, np.array([x0, y0, x1, y1], np.float32)
+    """The largest HOG-detected face, cropped as the faces stage crops it; and its box."""
+    boxes, _, _ = face_detector()(image)
+    assert len(boxes), "test photo without a detectable face"
+    box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    return square_crop(image, box, margin=1.3, size=size), box.astype(np.float32)
 
 
 def faces_entry(images: list[np.ndarray], frame_index: list[int],
