@@ -21,10 +21,11 @@ from .cache import FAILED, StageCache, StageReport, file_fingerprint
 from .inference import (
     autocast,
     done_upstream,
-    images_to_tensor,
+    prepare_pixels,
     resolve_device,
     resolve_dtype,
     run_batched_stage,
+    to_unit_tensor,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class EmbedConfig:
 
 class Embedder:
     """Crops and their depth maps in, one feature vector per crop out:
-    (uint8 [N, S, S, 3], uint8 [N, S', S']) -> (float32 [N, D_rgb], float32 [N, D_depth])."""
+    (uint8 [N, S, S, 3], float [N, S', S'] in [0, 1]) -> (float32 [N, D_rgb], float32 [N, D_depth])."""
 
     def __init__(self, config: EmbedConfig):
         self.config = config
@@ -70,17 +71,21 @@ class Embedder:
     def _input_size(self, backbone: Backbone) -> int:
         return self.config.input_size or backbone.data_config.input_size
 
-    def _features(self, backbone: Backbone, images: np.ndarray) -> np.ndarray:
+    def backbone(self, stream: str) -> Backbone:
+        return {"rgb": self.rgb, "depth": self.depth}[stream]
+
+    def embed_pixels(self, stream: str, pixels: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] in [0, 1] (a depth map repeated to 3 channels) -> float32 [N, D]; differentiable."""
+        backbone = self.backbone(stream)
         data = backbone.data_config
-        pixels = images_to_tensor(images, self._input_size(backbone), data.mean, data.std, self.device,
-                                  data.interpolation)
+        inputs = prepare_pixels(pixels, self._input_size(backbone), data.mean, data.std, data.interpolation)
         with autocast(self.device, self.dtype):
-            features = backbone.model(pixels)
-        return features.float().cpu().numpy()
+            return backbone.model(inputs).float()
 
     @torch.inference_mode()
     def embed_batch(self, crops: np.ndarray, depth_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._features(self.rgb, crops), self._features(self.depth, depth_maps)
+        return tuple(self.embed_pixels(stream, to_unit_tensor(images, self.device)).cpu().numpy()
+                     for stream, images in (("rgb", crops), ("depth", depth_maps)))
 
     def __call__(self, crops: np.ndarray, depth_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(crops) != len(depth_maps):
@@ -94,28 +99,30 @@ class Embedder:
 
 
 def to_clips(features: dict[str, np.ndarray], clip_index: np.ndarray, frame_index: np.ndarray,
-             frames_per_clip: int) -> dict[str, np.ndarray]:
-    """Per-crop features [N, D] to per-clip float16 [C, T, D] in frame order, one row per clip present.
+             frames_per_clip: int, track: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-crop features [N, D] to per-clip float16 [C, T, D] in frame order, one row per (person, clip)
+    present, so two people's crops never share a clip; `track` [C] says whose each row is.
 
     Clips with fewer than T crops are zero-padded and marked in `valid`; padded `frame_index` is -1.
     """
-    clips = np.unique(clip_index)
-    count, length = len(clips), frames_per_clip
+    track = np.zeros(len(clip_index), np.int32) if track is None else np.asarray(track, np.int32)
+    groups = np.unique(np.stack([track, clip_index], axis=1), axis=0)  # sorted by person, then clip
+    count, length = len(groups), frames_per_clip
     out = {name: np.zeros((count, length, array.shape[1]), np.float16) for name, array in features.items()}
     valid = np.zeros((count, length), bool)
     frames = np.full((count, length), -1, np.int32)
-    for row, clip in enumerate(clips):
-        members = np.flatnonzero(clip_index == clip)
+    for row, (person, clip) in enumerate(groups):
+        members = np.flatnonzero((clip_index == clip) & (track == person))
         members = members[np.argsort(frame_index[members], kind="stable")]
         if len(members) > length:
-            logger.warning("clip %d has %d crops but frames_per_clip is %d: the last %d are dropped",
-                           clip, len(members), length, len(members) - length)
+            logger.warning("clip %d of person %d has %d crops but frames_per_clip is %d: the last %d are "
+                           "dropped", clip, person, len(members), length, len(members) - length)
             members = members[:length]
         for name, array in features.items():
             out[name][row, :len(members)] = array[members]
         valid[row, :len(members)] = True
         frames[row, :len(members)] = frame_index[members]
-    return {**out, "valid": valid, "frame_index": frames}
+    return {**out, "valid": valid, "frame_index": frames, "track": groups[:, 0].astype(np.int32)}
 
 
 def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_cfg: EmbedConfig,
@@ -148,12 +155,13 @@ def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_c
         if maps.ndim != 3 or not np.array_equal(depth["frame_index"], faces["frame_index"]):
             raise ValueError(f"depth entry {list(maps.shape)} does not match the faces entry "
                              f"{list(crops.shape)}")
-        return (crops, maps), (faces["clip_index"], faces["frame_index"])
+        return (crops, maps), (faces["clip_index"], faces["frame_index"], faces.get("track"))
 
-    def save(indices: tuple[np.ndarray, np.ndarray], features: tuple[np.ndarray, ...]) -> dict:
-        clip_index, frame_index = indices
+    def save(indices: tuple[np.ndarray, np.ndarray, np.ndarray | None], features: tuple[np.ndarray, ...]
+             ) -> dict:
+        clip_index, frame_index, track = indices
         return to_clips({"rgb": features[0], "depth": features[1]}, clip_index, frame_index,
-                        embed_cfg.frames_per_clip)
+                        embed_cfg.frames_per_clip, track)
 
     report = run_batched_stage(cache, items, fingerprint, load, embedder.embed_batch, save,
                                embed_cfg.batch_size, force, rgb_weights=embedder.rgb.weights,

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .cache import FAILED, StageCache, StageReport, file_fingerprint
 from .frames import FramesConfig, sample_video
+from .landmarks import fit_landmarks
 from .video import MediaError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAX_TRACK_SCALE = 2.0
 
 
 # Bumped whenever a code change alters the crops for the same configuration, so old caches are not reused.
-FACES_VERSION = 2
+FACES_VERSION = 3  # 3: 68-point landmarks per crop
 
 
 class NoFaceError(MediaError):
@@ -168,13 +169,23 @@ def _span_start(centre: float, side: int, limit: int) -> int:
     return int(min(max(round(centre - side / 2), 0), limit - side))
 
 
-def square_crop(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
-    """A square of side margin x box side around the box, kept inside the frame, resized to `size`."""
-    height, width = frame.shape[:2]
+def crop_window(frame_shape: tuple[int, ...], box: np.ndarray, margin: float) -> tuple[int, int, int]:
+    """(left, top, side) of the square that `square_crop` cuts around `box` from a frame of this shape."""
+    height, width = frame_shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)
     side = max(1, round(margin * max(x1 - x0, y1 - y0)))
-    left = _span_start((x0 + x1) / 2, side, width)
-    top = _span_start((y0 + y1) / 2, side, height)
+    return _span_start((x0 + x1) / 2, side, width), _span_start((y0 + y1) / 2, side, height), side
+
+
+def box_in_crop(frame_shape: tuple[int, ...], box: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """`box` in the pixel coordinates of its `square_crop` (float32 [4])."""
+    left, top, side = crop_window(frame_shape, box, margin)
+    return ((np.asarray(box, np.float32) - [left, top, left, top]) * (size / side)).astype(np.float32)
+
+
+def square_crop(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """A square of side margin x box side around the box, kept inside the frame, resized to `size`."""
+    left, top, side = crop_window(frame.shape, box, margin)
     region = frame[max(top, 0): top + side, max(left, 0): left + side]
     if region.shape[:2] != (side, side):  # only when the frame is smaller than the square
         pad_top, pad_left = max(-top, 0), max(-left, 0)
@@ -273,6 +284,7 @@ class FaceTrack:
     boxes: np.ndarray  # float32 [N, 4] (x0, y0, x1, y1) in original frame pixels
     scores: np.ndarray  # float32 [N]; 0 for interpolated boxes
     detected: np.ndarray  # bool [N]; False: box interpolated from neighbouring frames
+    landmarks: np.ndarray  # float32 [N, 68, 2]: dlib's 68 points in crop pixels (x, y)
     dropped: dict[int, str]  # sampled frame index -> why it has no crop in this track
 
     def __len__(self) -> int:
@@ -301,6 +313,7 @@ class VideoFaces:
 
         return {"crops": cat("crops"), "frame_index": cat("frame_index"), "clip_index": cat("clip_index"),
                 "boxes": cat("boxes"), "scores": cat("scores"), "detected": cat("detected"),
+                "landmarks": cat("landmarks"),
                 "track": np.concatenate([np.full(len(t), i, np.int32) for i, t in enumerate(self.tracks)])}
 
     def metadata(self) -> dict:
@@ -370,13 +383,17 @@ def extract_video_faces(path: str | os.PathLike, frames_config: FramesConfig, fa
                 elif index in boxes:
                     crop = square_crop(frames_again[index], boxes[index], margin, size)
                     rows.append((index, clip_number, boxes[index], 0.0, False, crop))
+        shape = (video.info.height, video.info.width)  # as displayed, like the decoded frames
+        crops = np.stack([r[5] for r in rows])
         results.append(FaceTrack(
-            crops=np.stack([r[5] for r in rows]),
+            crops=crops,
             frame_index=np.array([r[0] for r in rows], np.int32),
             clip_index=np.array([r[1] for r in rows], np.int32),
             boxes=np.stack([r[2] for r in rows]).astype(np.float32),
             scores=np.array([r[3] for r in rows], np.float32),
             detected=np.array([r[4] for r in rows], bool),
+            landmarks=np.stack([fit_landmarks(crop, box_in_crop(shape, r[2], margin, size))
+                                for crop, r in zip(crops, rows, strict=True)]),
             dropped={**undecoded, **reasons},
         ))
     info = video.info

@@ -48,19 +48,32 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=dtype)
 
 
-def images_to_tensor(images: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
-                     device: torch.device, interpolation: str = "bicubic") -> torch.Tensor:
-    """uint8 images [N, H, W, 3] (or single-channel maps [N, H, W], repeated to 3 channels) to a
-    normalised float32 batch [N, 3, size, size], resized on `device` instead of per image with PIL."""
+def to_unit_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Images [N, H, W, 3] or single-channel maps [N, H, W] (repeated to 3 channels) to float32
+    [N, 3, H, W] in [0, 1]: uint8 is divided by 255, float maps (depth) are taken as they are."""
     batch = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)
     batch = batch.unsqueeze(-1).expand(*batch.shape, 3) if batch.ndim == 3 else batch
-    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    if batch.shape[-2:] != (size, size):
-        batch = F.interpolate(batch, size=(size, size), mode=interpolation, align_corners=False,
-                              antialias=True).clamp_(0.0, 1.0)  # bicubic overshoots; PIL clamps too
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (batch - mean_t) / std_t
+    batch = batch.permute(0, 3, 1, 2).float()
+    return batch / 255.0 if images.dtype == np.uint8 else batch
+
+
+def prepare_pixels(pixels: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bicubic") -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] to the network's input: resized to `size` and normalised. Differentiable,
+    so gradients reach the input pixels."""
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode=interpolation, align_corners=False,
+                               antialias=True).clamp(0.0, 1.0)  # bicubic overshoots; PIL clamps too
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def images_to_tensor(images: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],
+                     device: torch.device, interpolation: str = "bicubic") -> torch.Tensor:
+    """uint8 images [N, H, W, 3] (or maps [N, H, W]) to a normalised float32 batch [N, 3, size, size],
+    resized on `device` instead of per image with PIL."""
+    return prepare_pixels(to_unit_tensor(images, device), size, mean, std, interpolation)
 
 
 def stream_batches(

@@ -9,6 +9,8 @@ from safetensors.torch import save_file
 
 from megatron_utils.depth import DepthConfig, compute_depth
 from megatron_utils.embed import EmbedConfig, Embedder, compute_embeddings, to_clips
+from megatron_utils.faces import FaceConfig, extract_video_faces
+from megatron_utils.frames import FramesConfig
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +102,20 @@ def test_rerun_skips_force_redoes_and_missing_depth_is_a_recorded_failure(caches
     assert set(report.failures) == {"photo/obama2"}
     assert "depth cache has no entry" in report.failures["photo/obama2"]
     assert report.skipped == len(faces_entries) - 1
+
+
+def test_every_person_keeps_their_own_clips(asset):
+    """`track="all"`: two people's crops never interleave in one clip, and none is dropped."""
+    frames = FramesConfig(frames_per_clip=8, clips_per_video=2)
+    video = extract_video_faces(asset("pyfeat_multi_face"), frames, FaceConfig(track="all"))
+    entry = video.tensors()
+    assert len(np.unique(entry["track"])) >= 2
+    row_number = np.arange(len(entry["track"]), dtype=np.float32)[:, None]  # a feature naming its crop
+    clips = to_clips({"rgb": row_number}, entry["clip_index"], entry["frame_index"], 8, entry["track"])
+    members = [clip[valid].astype(int)
+               for clip, valid in zip(clips["rgb"][..., 0], clips["valid"], strict=True)]
+    for person, rows in zip(clips["track"], members, strict=True):
+        assert (entry["track"][rows] == person).all()
+        assert len(set(entry["clip_index"][rows])) == 1
+        assert (np.diff(entry["frame_index"][rows]) > 0).all()
+    assert sorted(np.concatenate(members)) == list(range(len(entry["track"])))

@@ -29,7 +29,7 @@ from megatron_utils.video import iter_frames, read_image, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = FramesConfig(frames_per_clip=8)
-ENTRY_KEYS = {"crops", "frame_index", "clip_index", "boxes", "scores", "detected", "track"}
+ENTRY_KEYS = {"crops", "frame_index", "clip_index", "boxes", "scores", "detected", "landmarks", "track"}
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,6 +62,18 @@ def test_real_video_faces_found_plausible_and_smooth(wolfgang):
     shift = np.linalg.norm(np.diff(centres, axis=0), axis=1) / sides[1:]
     assert shift.max() < 0.5  # ~0.6 s between samples: the face moves, it does not jump
     assert track.crops.std() > 20  # real picture content
+
+
+def test_landmarks_are_fitted_on_the_crops(wolfgang):
+    (track,) = wolfgang.tracks
+    points = track.landmarks
+    assert points.shape == (len(track), 68, 2) and points.dtype == np.float32
+    assert points.min() > -0.1 * 224 and points.max() < 1.1 * 224  # on the crop, not on the frame
+    nose_tip, chin, brows = points[:, 30], points[:, 8], points[:, 17:27].mean(1)
+    assert np.abs(nose_tip - 112).max() < 50  # the crop is centred on the face
+    assert (brows[:, 1] < nose_tip[:, 1]).all() and (nose_tip[:, 1] < chin[:, 1]).all()
+    eye_distance = np.linalg.norm(points[:, 36] - points[:, 45], axis=1)
+    assert eye_distance.min() > 50 and eye_distance.max() < 130  # margin 1.3: eyes ~40% of the side
 
 
 def test_haar_finds_grace_hopper_where_hog_does(asset):

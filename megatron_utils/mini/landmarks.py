@@ -8,13 +8,7 @@ import cv2
 import dlib
 import numpy as np
 
-from ..assets import fetch
-
-# dlib 68-point layout
-JAW = np.arange(0, 17)
-BROWS = np.arange(17, 27)
-OUTER_FACE = np.arange(0, 27)  # jaw + brows: the FaceSwap hull
-MOUTH = np.arange(48, 60)
+from ..landmarks import fit_landmarks
 
 TRACK_FACE_PX = 100  # faces are searched at about this size: HOG finds faces from ~80 px without upsampling
 
@@ -56,9 +50,8 @@ class FaceDetector:
 class FaceTracker:
     """Landmarks for every frame: detect near the previous face, fit 68 points, fill short gaps."""
 
-    def __init__(self, predictor_asset: str = "dlib_landmarks_68") -> None:
+    def __init__(self) -> None:
         self.detector = FaceDetector()
-        self._predictor = dlib.shape_predictor(str(fetch(predictor_asset)))
 
     def _detect_near(self, frame: np.ndarray, previous: Detection | None) -> Detection | None:
         if previous is not None:
@@ -83,9 +76,7 @@ class FaceTracker:
         return min(found, key=lambda d: np.linalg.norm(d.center - anchor))
 
     def landmarks(self, frame: np.ndarray, detection: Detection) -> np.ndarray:
-        x0, y0, x1, y1 = (int(round(v)) for v in detection.box)
-        shape = self._predictor(np.ascontiguousarray(frame), dlib.rectangle(x0, y0, x1, y1))
-        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+        return fit_landmarks(frame, detection.box)
 
     def track(self, frames: np.ndarray, max_missing: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks [N, 68, 2] (float32, temporally smoothed) and `detected` [N] for frames [N, H, W, 3]."""

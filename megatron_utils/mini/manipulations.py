@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .landmarks import MOUTH, OUTER_FACE
+from ..landmarks import MOUTH, OUTER_FACE
 
 
 def delaunay_triangles(points: np.ndarray) -> np.ndarray:
