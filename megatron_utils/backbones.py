@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,6 +39,7 @@ AUTO = "auto"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 RANDOM_INIT_PREFIX = "random-init:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+FINETUNED_MARKER = "finetune.json"  # written by `megatron finetune` beside its model.safetensors
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -157,7 +158,9 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
     """Build a registered backbone in eval mode. `weights`: a local file or folder to load instead of
     the default weights. `auto`: `repvit_m0_9` when its weights are at hand, else `mobilenetv2_offline`
     with a warning; the returned `Backbone.name` says which one was built."""
-    if name == AUTO:
+    if name == AUTO and weights is not None and (Path(weights) / FINETUNED_MARKER).is_file():
+        pass  # a fine-tuned checkpoint names its own architecture
+    elif name == AUTO:
         try:
             return create_backbone("repvit_m0_9", pretrained, weights)
         except WeightsUnavailableError as error:
@@ -166,12 +169,32 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
             logger.warning("backbone auto: RepViT weights unavailable (%s). Using mobilenetv2_offline "
                            "(torchvision ImageNet MobileNetV2, packaged weights) instead.", error)
             return create_backbone("mobilenetv2_offline", pretrained)
-    if name not in _BACKBONES:
+    if weights is not None and (Path(weights) / FINETUNED_MARKER).is_file():
+        backbone = _finetuned_backbone(name, Path(weights))
+    elif name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {[AUTO, *list_backbones()]}")
-    backbone = _BACKBONES[name](pretrained=pretrained, weights=weights)
+    else:
+        backbone = _BACKBONES[name](pretrained=pretrained, weights=weights)
+    if backbone.fingerprint == "random-init":
+        logger.warning("%s built with RANDOM weights: its features are not meaningful", backbone.name)
     backbone.model.eval().requires_grad_(False)
     logger.info("backbone %s (%d-d features): %s", backbone.name, backbone.num_features, backbone.weights)
     return backbone
+
+
+def _finetuned_backbone(name: str, folder: Path) -> Backbone:
+    """A backbone fine-tuned by `megatron finetune`: its architecture built bare, then its weights loaded."""
+    from .finetune import load_finetuned_state
+
+    info, state, _ = load_finetuned_state(folder)
+    if name not in (AUTO, info["backbone"]):
+        raise ValueError(f"{folder} holds a fine-tuned {info['backbone']}, not a {name}")
+    backbone = _BACKBONES[info["backbone"]](pretrained=False)
+    backbone.model.load_state_dict(state)
+    file = folder / "model.safetensors"
+    return replace(backbone, data_config=replace(backbone.data_config, input_size=info["input_size"]),
+                   weights=f"fine-tuned {folder} (from {info['base_weights']})",
+                   fingerprint=f"sha256:{sha256_file(file)}")
 
 
 def _timm_backbone(name: str, timm_name: str, file: Path | None, weights: str, fingerprint: str,
@@ -197,7 +220,6 @@ def repvit_m0_9(pretrained: bool = True, weights: str | os.PathLike | None = Non
         file = hub_download(f"timm/{timm_name}", "model.safetensors")
         source = f"hub timm/{timm_name} ({file})"
     else:
-        logger.warning("repvit_m0_9 built with RANDOM weights: its features are not meaningful")
         return _timm_backbone("repvit_m0_9", timm_name, None, "random-init", "random-init")
     return _timm_backbone("repvit_m0_9", timm_name, file, source, f"sha256:{sha256_file(file)}")
 

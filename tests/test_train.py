@@ -173,8 +173,7 @@ def test_augmentation_keeps_valid_frames_and_is_reproducible():
 
 
 def test_learning_rate_warms_up_then_decays():
-    config = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_fraction=0.1)
-    rates = [learning_rate(step, 100, config) for step in range(100)]
+    rates = [learning_rate(step, 100, lr=1e-3, min_lr=1e-4, warmup_fraction=0.1) for step in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
     assert rates[-1] == pytest.approx(1e-4, rel=0.01)
