@@ -63,7 +63,7 @@ def settings(device: str) -> list[Setting]:
         Setting("project default (T=32, crop 224, depth 518)", default, {}),
         Setting("default, depth 252", replace(default, depth=replace(default.depth, input_size=252)), {}),
         Setting("demo (T=8, crop 128, depth 70)", demo, {}),
-        Setting("demo, 48 frames sampled", demo, {"max_frames": 48}),
+        Setting("demo, 6 clips", demo, {"clips_per_video": 6}),
         Setting("demo, dlib upsample 0", replace(demo, faces=replace(demo.faces, upsample=0)), {}),
         Setting("demo, depth 252", replace(demo, depth=replace(demo.depth, input_size=252)), {}),
     ]

@@ -6,19 +6,17 @@ weights actually loaded must be the ones recorded at training (by content finger
 the models may replace hub ids, but other weights are refused. The model runs in eval mode under
 `torch.inference_mode`, with no augmentation: the same file always gets the same scores.
 
-Frame sampling (unlike training, which takes C clips per video, a new video is scored all the way through):
-- Frames are taken at a fixed step from frame 0 to the end: every `sample_every` frames when given, else
-  every ceil(frame_count / max_frames) frames, with `max_frames` = 3 T by default (a 10 s, 24 fps video
-  with T = 16: every 5th frame, 48 frames).
-- Windows of T consecutive sampled frames start every `window_stride` sampled frames (default T // 2);
-  one more window is aligned to the end when the stride leaves the last frames uncovered. With 3 T sampled
-  frames that is 5 windows. A video with at most T sampled frames is one shorter window (padded and masked
-  as training pads short clips); a still image is one window of one frame.
-- Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each window
-  in which the face has a crop in at least half of the window's frames. A face's probability is the mean of
-  its windows (as `evaluate` averages a video's clips); the video's probability is the highest face's, and
-  the prediction names that face. Each sampled frame of a face gets the mean of the windows covering it.
-- A video with fewer than `min_frames` frames (default max(2, T // 2)) is not scored.
+Frame sampling is the run's own, by construction: `FramesConfig` from `preprocess.json`, so a new video
+gets exactly the clips `evaluate` scores for an indexed one (same T, same frame spacing, same sampling).
+- `clips_per_video` may be raised (`--clips`) to cover a video more densely; it keeps the training
+  spacing (uniform clips interleave, consecutive windows spread evenly).
+- Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each clip
+  in which the face has a crop in at least half of the clip's frames. A face's probability is the mean of
+  its clips (as `evaluate` averages a video's clips); the video's probability is the highest face's, and
+  the prediction names that face. Each frame of a face gets the mean of the clips spanning it (uniform
+  clips span the whole video, so their timeline is flat; consecutive windows localise it).
+- A still image is one clip of one frame. A video with fewer than `min_frames` frames (default
+  max(2, T // 2)) is not scored.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -44,7 +41,7 @@ from .depth import DepthEstimator
 from .embed import Embedder, to_clips
 from .evaluate import autocast
 from .faces import FaceDetector, VideoFaces, extract_video_faces
-from .frames import FramesConfig
+from .frames import FramesConfig, sample_indices
 from .inference import resolve_device
 from .model import CONFIG_NAME, WEIGHTS_NAME, MegatronDetector
 from .preprocess import PREPROCESS_FILE, PreprocessConfig
@@ -61,20 +58,16 @@ DEFAULT_CHECKPOINT = "best"
 
 @dataclass
 class PredictConfig:
-    """How a new video is covered; None picks the default from T (see the module docstring)."""
+    """How a new video is covered; None picks the run's own value (see the module docstring)."""
 
-    window_stride: int | None = None  # sampled frames between window starts; default T // 2
-    sample_every: int | None = None  # video frames between sampled frames; default from max_frames
-    max_frames: int | None = None  # frames sampled per video when sample_every is None; default 3 T
+    clips_per_video: int | None = None  # clips scored per video; default: the run's training clips
     min_frames: int | None = None  # shorter videos fail; default max(2, T // 2)
     batch_size: int | None = None  # crops per depth and embedding batch; default: the training ones
 
-    def resolved(self, frames_per_clip: int) -> PredictConfig:
-        length = frames_per_clip
-        config = replace(self, window_stride=self.window_stride or max(1, length // 2),
-                         max_frames=self.max_frames or 3 * length,
-                         min_frames=self.min_frames or max(2, length // 2))
-        for name in ("window_stride", "sample_every", "max_frames", "min_frames", "batch_size"):
+    def resolved(self, frames: FramesConfig) -> PredictConfig:
+        config = replace(self, clips_per_video=self.clips_per_video or frames.clips_per_video,
+                         min_frames=self.min_frames or max(2, frames.frames_per_clip // 2))
+        for name in ("clips_per_video", "min_frames", "batch_size"):
             value = getattr(config, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -112,7 +105,7 @@ class Prediction:
     face_box: list[float] | None = None  # its box on its first scored frame
     faces: list[FaceScore] = field(default_factory=list)  # every scored face, by track id
     frames_used: int = 0  # sampled frames decoded and searched for faces
-    sample_every: int | None = None  # video frames between sampled frames
+    sample_every: int | None = None  # typical video frames between the frames of a clip
     frame_count: int = 0
     fps: float = 0.0
     media: str | None = None  # "video" or "image"
@@ -134,17 +127,6 @@ class Prediction:
         faces = [FaceScore(**{**face, "windows": [WindowScore(**w) for w in face["windows"]]})
                  for face in data.get("faces", [])]
         return cls(**{**data, "faces": faces})
-
-
-def window_starts(count: int, length: int, stride: int) -> list[int]:
-    """Start positions of windows of `length` over `count` sampled frames, `stride` apart, plus one aligned
-    to the end when the stride leaves the last frames uncovered; at most `length` frames: one window."""
-    if count <= length:
-        return [0]
-    starts = list(range(0, count - length + 1, stride))
-    if starts[-1] + length < count:
-        starts.append(count - length)
-    return starts
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -187,7 +169,7 @@ class Detector:
         self.model = model.eval()
         self.preprocessing = preprocessing
         self.frames_per_clip = preprocessing.frames.frames_per_clip
-        self.config = config.resolved(self.frames_per_clip)
+        self.config = config.resolved(preprocessing.frames)
         self.checkpoint = checkpoint
         self.device = device
         self.threshold = float(model.config.threshold)
@@ -248,16 +230,17 @@ class Detector:
 
     # Sampling ----------------------------------------------------------------------------------------
     def frames_config(self, path: Path) -> tuple[FramesConfig, int | None]:
-        """The sampling of one file: every `step`-th frame from 0 to the end, as one consecutive clip."""
+        """The run's own sampling for one file (more clips when asked), and the typical gap between the
+        frames of a clip (None for a still image)."""
         if is_image(path):
             return FramesConfig(frames_per_clip=1), None
         info = probe(path)
         if info.frame_count < self.config.min_frames:
             raise MediaError(path, f"video too short: {info.frame_count} frame(s), scoring needs at least "
                                    f"{self.config.min_frames} (give a still image as an image file)")
-        step = self.config.sample_every or max(1, math.ceil(info.frame_count / self.config.max_frames))
-        count = len(range(0, info.frame_count, step))
-        return FramesConfig(frames_per_clip=count, sampling="consecutive", stride=step), step
+        frames = replace(self.preprocessing.frames, clips_per_video=self.config.clips_per_video)
+        first = sample_indices(info.frame_count, frames)[0]
+        return frames, max(1, round(float(np.diff(first).mean()))) if len(first) > 1 else 1
 
     # Scoring -----------------------------------------------------------------------------------------
     def predict(self, path: str | os.PathLike) -> Prediction:
@@ -297,7 +280,7 @@ class Detector:
         faces = self.score_tracks(video, rgb, depth)
         timings["classify"] = time.perf_counter() - tic
         if not faces:
-            raise MediaError(path, "no face has crops in at least half of the frames of any window")
+            raise MediaError(path, "no face has crops in at least half of the frames of any clip")
         best = max(faces, key=lambda face: face.probability)
         timings["total"] = time.perf_counter() - started
         return Prediction(
@@ -310,10 +293,8 @@ class Detector:
 
     def score_tracks(self, video: VideoFaces, rgb: np.ndarray, depth: np.ndarray) -> list[FaceScore]:
         """Every face scored on its windows; `rgb`/`depth` hold the features of all tracks' crops in order."""
-        sampled = video.clips[0]
+        windows = video.clips
         length = self.frames_per_clip
-        windows = [sampled[start:start + length]
-                   for start in window_starts(len(sampled), length, self.config.window_stride)]
         rows, clip_index, frame_index, owners = [], [], [], []  # one entry per (window, crop)
         offset = 0
         for track_id, track in enumerate(video.tracks):

@@ -49,7 +49,7 @@ TINY = {
     "CROSS_DATA_DIR": "data/mini-tiny-seed1",
     "CROSS_MINI_PRESET": "tiny",
     "CROSS_MINI_SEED": 1,
-    "MAX_FRAMES": 8,  # 06: two windows of T = 4 sampled frames per video
+    "CLIPS": 2,  # 06: the two training clips of T = 4 frames per video
 }
 
 

@@ -30,7 +30,6 @@ from megatron_utils.predict import (
     annotate_image,
     annotate_video,
     plot_timeline,
-    window_starts,
     write_csv,
     write_jsonl,
 )
@@ -40,7 +39,7 @@ from megatron_utils.video import iter_frames, probe, write_mp4
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T, STRIDE = 8, 5  # training clips: frames 0, 5, ..., 35 of each 40-frame mini video
-FAST = {"max_frames": 12}  # 40-frame videos: every 4th frame, 10 frames, 2 windows
+FAST = {"clips_per_video": 2}  # 40-frame videos: windows of frames 0, 5, ..., 35 and 4, 9, ..., 39
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -95,37 +94,43 @@ def check_record(prediction: Prediction):
     json.dumps(prediction.to_dict())  # JSON-able as it is
 
 
-def test_window_starts_cover_every_sampled_frame():
-    assert window_starts(20, 8, 4) == [0, 4, 8, 12]
-    assert window_starts(22, 8, 4) == [0, 4, 8, 12, 14]  # one more, aligned to the end
-    assert window_starts(5, 8, 4) == [0]  # a short video: one shorter window
-    assert window_starts(1, 1, 1) == [0]
-
-
 def test_video_predictions_are_complete_and_identical_twice(detector, tiny_run):
     _, table, _ = tiny_run
     for label in ("real", "fake"):
         path = video_of(table, label)
         first, second = detector.predict(path), detector.predict(path)
         check_record(first)
-        assert first.media == "video" and first.sample_every == 4 and first.frames_used == 10
-        assert [(w.first_frame, w.last_frame) for w in first.faces[0].windows] == [(0, 28), (8, 36)]
+        assert first.media == "video" and first.sample_every == STRIDE and first.frames_used == 16
+        assert [(w.first_frame, w.last_frame) for w in first.faces[0].windows] == [(0, 35), (4, 39)]
         # No augmentation and no dropout at inference: the same file gives the same result.
         drop_timings = lambda p: {**p.to_dict(), "timings": None}  # noqa: E731
         assert drop_timings(first) == drop_timings(second)
     assert not detector.model.training
 
 
-@pytest.mark.parametrize("streams", ["both", "depth"])
-def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clip(tiny_run, streams, tmp_path):
-    """The guard against feeding one modality to the other stream: with windows that coincide with the
-    training clip, predict must reproduce the evaluate path's score on the cached embeddings."""
+@pytest.fixture(scope="module")
+def uniform_embeddings(tiny_run, tmp_path_factory):
+    """The real test video preprocessed like tiny_run but with uniform sampling, 2 interleaved clips."""
+    _, table, _ = tiny_run
+    recipe = json.loads((tiny_run[0] / "preprocess.json").read_text())["config"]
+    config = PreprocessConfig.from_dict({**recipe, "frames": {"frames_per_clip": T, "clips_per_video": 2}})
+    rows = table[table["path"] == video_of(table, "real")]
+    return preprocess(rows, config, cache_root=tmp_path_factory.mktemp("uniform"), workers=0).embed.dir
+
+
+@pytest.mark.parametrize(("streams", "sampling"), [("both", "consecutive"), ("depth", "consecutive"),
+                                                   ("both", "uniform")])
+def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clips(tiny_run, uniform_embeddings,
+                                                                             streams, sampling, tmp_path):
+    """Predict samples as training did by construction: its clips are the cached ones, and its score is
+    evaluate's. Also the guard against feeding one modality to the other stream."""
     run, table, embed_dir = tiny_run
+    embed_dir = uniform_embeddings if sampling == "uniform" else embed_dir
     # A checkpoint whose score depends strongly, and differently, on each stream's input, so that swapping
     # the modalities moves it far more than float16 rounding can.
     sensitive = tmp_path / "run"
     sensitive.mkdir()
-    shutil.copy(run / "preprocess.json", sensitive)
+    shutil.copy(embed_dir / "preprocess.json", sensitive)
     config = replace(MegatronDetector.from_pretrained(run / "best").config, streams=streams, pooling="mean",
                      dropout=0.0)
     torch.manual_seed(0)
@@ -138,18 +143,23 @@ def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clip(tiny_
 
     row = table[table["path"] == video_of(table, "real")]
     clips = load_clips(row, embed_dir)
-    expected = float(clip_probabilities(model, clips)[0])
+    per_clip = clip_probabilities(model, clips)
+    expected = float(per_clip[0])
     with torch.no_grad():
         rgb, depth = clips.rgb.float(), clips.depth.float()
         swapped = model(rgb=depth, depth=rgb, valid=clips.valid) if streams == "both" else \
             model(rgb=None, depth=rgb, valid=clips.valid)
     assert abs(float(torch.sigmoid(swapped[0, 0])) - expected) > 0.1  # a swap would be caught
 
-    prediction = Detector.from_pretrained(sensitive, sample_every=STRIDE).predict(row["path"].iloc[0])
+    prediction = Detector.from_pretrained(sensitive).predict(row["path"].iloc[0])
     check_record(prediction)
-    window = prediction.faces[0].windows
-    assert len(window) == 1 and (window[0].first_frame, window[0].last_frame) == (0, (T - 1) * STRIDE)
-    assert window[0].probability == pytest.approx(expected, abs=1e-3), window[0].probability - expected
+    windows = prediction.faces[0].windows
+    assert len(windows) == len(per_clip)
+    if sampling == "consecutive":
+        assert (windows[0].first_frame, windows[0].last_frame) == (0, (T - 1) * STRIDE)
+    for window, probability in zip(windows, per_clip, strict=True):
+        assert window.probability == pytest.approx(float(probability), abs=1e-3)
+    assert prediction.faces[0].probability == pytest.approx(float(np.mean(per_clip)), abs=1e-3)
 
 
 def test_multi_face_photo_scores_every_face_and_names_the_highest(detector, asset):
@@ -245,7 +255,7 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
     shutil.copy(video_of(table, "fake"), inputs / "nested" / "clip.mp4")
     (inputs / "notes.txt").write_text("not media: folders yield only videos and images")
     out = tmp_path / "out"
-    args = ["predict", str(inputs), "--run", str(run), "--max-frames", "12", "--jsonl", str(out / "p.jsonl"),
+    args = ["predict", str(inputs), "--run", str(run), "--clips", "2", "--jsonl", str(out / "p.jsonl"),
             "--csv", str(out / "p.csv"), "--annotate", str(out / "annotated"), "--plot", str(out / "plots")]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -256,7 +266,7 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
 
     empty = next(path for path in broken_files if path.name == "empty.mp4")
     assert main(["predict", str(inputs / "nested" / "*.mp4"), str(empty), "--run", str(run),
-                 "--max-frames", "12"]) == 1
+                 "--clips", "2"]) == 1
     printed = capsys.readouterr().out
     assert "FAILED" in printed and "file is empty" in printed and "scored 1 of 2" in printed
 

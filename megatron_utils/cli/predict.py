@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not any(path.exists() for path in paths):
         raise FileNotFoundError(f"no input matched: {' '.join(args.inputs)}")
-    options = {"window_stride": args.window_stride, "sample_every": args.sample_every,
-               "max_frames": args.max_frames, "batch_size": args.batch_size}
+    options = {"clips_per_video": args.clips, "batch_size": args.batch_size}
     checkpoint = args.run / args.checkpoint if args.checkpoint else args.run
     given = {name: value for name, value in options.items() if value is not None}
     detector = Detector.from_pretrained(checkpoint, args.device, args.depth_model, args.rgb_weights,
@@ -111,11 +110,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "images (PNG) with face boxes and running scores into DIR")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write per-frame probability plots into DIR")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--window-stride", type=int, help="sampled frames between window "
-                        "starts (default T/2)")
-    parser.add_argument("--sample-every", type=int, help="video frames between sampled frames "
-                        "(default: frame count / max frames, rounded up)")
-    parser.add_argument("--max-frames", type=int, help="frames sampled per video (default 3 T)")
+    parser.add_argument("--clips", type=int, help="clips scored per video, sampled as in training "
+                        "(default: the run's clips per video)")
     parser.add_argument("--batch-size", type=int, help="crops per depth/embedding "
                         "batch (default: training's)")
     parser.add_argument("--depth-model", metavar="PATH", help="local copy of the run's depth model (a "

@@ -1,0 +1,84 @@
+"""Megatron as one module from pixels to verdict: the cached path and the pixel path agree, and gradients
+reach the input pixels, the depth provider and both embedders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
+
+from megatron_utils.depth import DepthConfig, DepthEstimator, compute_depth
+from megatron_utils.embed import EmbedConfig, Embedder, compute_embeddings
+from megatron_utils.model import MegatronDetector, model_config
+from megatron_utils.pixel_model import MegatronModel
+
+STREAMS = {"cross_attention": {}, "concat": {"fusion": "concat"}, "rgb_only": {"streams": "rgb"},
+           "depth_only": {"streams": "depth"}}
+VIDEO = "video/single_face"  # 7 real frames: a clip of 4 and a clip of 3 (padded)
+
+
+@pytest.fixture(scope="module")
+def setup(asset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pixel")
+    entries = real_faces_entries(asset)
+    depth_config = DepthConfig(model=str(save_tiny_depth_model(root / "depth")), output_size=48)
+    embed_config = EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random", frames_per_clip=4)
+    faces = write_faces_cache(entries, root / "cache")
+    depth, _ = compute_depth(faces, depth_config, cache_root=root / "cache")
+    embed, _ = compute_embeddings(faces, depth, embed_config, cache_root=root / "cache")
+    cached, _ = embed.read(VIDEO)
+    entry = entries[VIDEO]
+    # The crops laid out exactly as the cached clips: frame order, zero padding where not valid.
+    row_of = {int(frame): row for row, frame in enumerate(entry["frame_index"])}
+    crops = np.zeros((*cached["valid"].shape, *entry["crops"].shape[1:]), np.uint8)
+    for clip, frames in enumerate(cached["frame_index"]):
+        for t, frame in enumerate(frames):
+            if frame >= 0:
+                crops[clip, t] = entry["crops"][row_of[int(frame)]]
+    pixels = torch.from_numpy(crops).permute(0, 1, 4, 2, 3).float() / 255
+    return DepthEstimator(depth_config), Embedder(embed_config), cached, pixels
+
+
+def megatron(setup, **overrides) -> MegatronModel:
+    depth, embedder, _, _ = setup
+    torch.manual_seed(0)
+    head = MegatronDetector(model_config("megatron-tiny", rgb_dim=256, depth_dim=256, **overrides))
+    return MegatronModel(depth, embedder, head).eval()
+
+
+@pytest.mark.parametrize("variant", STREAMS)
+def test_cached_and_pixel_paths_give_the_same_score(setup, variant):
+    _, _, cached, pixels = setup
+    model = megatron(setup, **STREAMS[variant])
+    valid = torch.from_numpy(cached["valid"])
+    features = {name: torch.from_numpy(cached[name]).float() for name in model.streams}
+    with torch.no_grad():
+        from_cache = torch.sigmoid(model.head_logits(features, valid))
+        from_pixels = torch.sigmoid(model(pixels, valid))
+        recomputed = model.features(pixels)
+    for name in model.streams:  # the embeddings themselves, within the cache's float16 precision
+        torch.testing.assert_close(recomputed[name][valid], features[name][valid], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(from_pixels, from_cache, atol=2e-3, rtol=0)
+
+
+def test_a_few_training_steps_reach_the_pixels_the_depth_model_and_both_embedders(setup):
+    _, _, cached, pixels = setup
+    model = megatron(setup).train().requires_grad_(True)
+    crops = pixels.clone().requires_grad_(True)
+    valid, label = torch.from_numpy(cached["valid"]), torch.ones(len(pixels), 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        crops.grad = None
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(crops, valid), label)
+        loss.backward()
+        losses.append(loss.item())
+        for name in ("depth_provider", "rgb_embedder", "depth_embedder", "head"):
+            grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+            assert grads and sum(g.abs().sum() for g in grads) > 0, f"no gradient reached the {name}"
+        optimizer.step()
+    assert crops.grad is not None and crops.grad[valid].abs().sum() > 0  # the input pixels
+    assert crops.grad[~valid].abs().sum() == 0  # padded frames never influence the verdict
+    assert losses[-1] < losses[0]
