@@ -209,6 +209,15 @@ class FrameClassifier(nn.Module):
         return directory
 
 
+def finetuned_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The selected checkpoint (`best/`) of a fine-tuning run, or an error saying how to make one."""
+    best = Path(run_dir) / "best"
+    if not (best / FINETUNED_MARKER).is_file():
+        raise FileNotFoundError(f"{best} holds no fine-tuned embedder: run `megatron finetune` (notebook "
+                                f"02_finetune) first, or embed with the frozen ImageNet weights")
+    return best
+
+
 def load_frame_classifier(folder: str | os.PathLike, device: str = "auto") -> FrameClassifier:
     """A fine-tuned checkpoint folder as the frame classifier it was trained as (backbone and head)."""
     backbone = create_backbone(AUTO, weights=folder)  # the tuned backbone, its input size included

@@ -46,12 +46,17 @@ def plot_confusion(labels: np.ndarray, predicted: np.ndarray, path: str | os.Pat
 
 
 def plot_training_curves(history: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Losses and every validation AUC in a run's (or a fine-tuning run's) history.csv."""
     figure = Figure(figsize=(9, 3.5), dpi=100)
     loss_axes, auc_axes = figure.subplots(1, 2)
-    loss_axes.plot(history["epoch"], history["train_loss"], label="train")
-    loss_axes.plot(history["epoch"], history["val_loss"], label="validation")
+    for column, label in (("train_loss", "train"), ("val_loss", "validation")):
+        if column in history:
+            loss_axes.plot(history["epoch"], history[column], label=label)
     loss_axes.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_axes.legend()
-    auc_axes.plot(history["epoch"], history["val_auc"], marker="o", markersize=3)
-    auc_axes.set(xlabel="epoch", ylabel="video AUC", title="Validation AUC")
+    for column in (c for c in history.columns if c.startswith("val_") and c.endswith("auc")):
+        auc_axes.plot(history["epoch"], history[column], marker="o", markersize=3,
+                      label=column[len("val_"):-len("_auc")] or "video")
+    auc_axes.set(xlabel="epoch", ylabel="AUC", title="Validation AUC")
+    auc_axes.legend()
     figure.savefig(path, bbox_inches="tight")

@@ -43,6 +43,7 @@ from .evaluate import (
 from .inference import resolve_device
 from .model import MegatronConfig, MegatronDetector
 from .preprocess import PREPROCESS_FILE
+from .pseudo_fakes import training_index
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model (CUDA, long runs)
     eval_batch_size: int = 512
+    # Fakes seen in training and selection: "dataset", "sbi" (self-blended twins of the train/val reals
+    # instead: no dataset fake is seen) or "both"
+    fakes: str = "dataset"
 
 
 def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_fraction: float) -> float:
@@ -176,8 +180,9 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and augmentation
     device = resolve_device(train_cfg.device)
     index_table = index if isinstance(index, pd.DataFrame) else read_index(index)
-    train_clips = load_clips(index_table, embed_cache_dir, "train").to(device)
-    val_clips = load_clips(index_table, embed_cache_dir, "val").to(device)
+    seen = training_index(index_table, embed_cache_dir, train_cfg.fakes, train_cfg.seed)
+    train_clips = load_clips(seen, embed_cache_dir, "train").to(device)
+    val_clips = load_clips(seen, embed_cache_dir, "val").to(device)
     model_cfg = replace(model_cfg, rgb_dim=train_clips.rgb.shape[-1], depth_dim=train_clips.depth.shape[-1],
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
     if not resume:

@@ -40,7 +40,7 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
             embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
         ),
         finetune=FinetuneConfig(backbone="tiny_random", epochs=2, crops_per_video=4, batch_size=8),
-        model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3),
+        model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3, fakes="both"),
     )
     summary = run_demo(config)
     assert summary["videos"] == 31

@@ -41,6 +41,10 @@ TINY = {
     "RGB_BACKBONE": "tiny_random",
     "DEPTH_BACKBONE": "tiny_random",
     "FACE_GRID_VIDEOS": 1,
+    "FINETUNE_EPOCHS": 1,
+    "FINETUNE_BATCH_SIZE": 8,
+    "FINETUNE_CROPS_PER_VIDEO": 4,
+    "SHEET_CROPS": 2,
     "MODEL": "megatron-tiny",
     "EPOCHS": 3,
     "BATCH_SIZE": 8,
@@ -49,7 +53,7 @@ TINY = {
     "CROSS_DATA_DIR": "data/mini-tiny-seed1",
     "CROSS_MINI_PRESET": "tiny",
     "CROSS_MINI_SEED": 1,
-    "CLIPS": 2,  # 06: the two training clips of T = 4 frames per video
+    "CLIPS": 2,  # 07: the two training clips of T = 4 frames per video
 }
 
 
@@ -63,8 +67,8 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 def test_the_numbered_notebooks_are_all_there():
     names = [path.stem for path in NOTEBOOKS]
-    assert names == ["00_setup_and_data", "01_faces", "02_depth", "03_embeddings", "04_train", "05_evaluate",
-                     "06_predict"]
+    assert names == ["00_setup_and_data", "01_faces", "02_finetune", "03_depth", "04_embeddings", "05_train",
+                     "06_evaluate", "07_predict"]
     assert [name[:2] for name in names] == [f"{number:02d}" for number in range(len(names))]
 
 
@@ -153,8 +157,8 @@ def scored_face(track: int, probabilities: list[float]) -> FaceScore:
                      timeline=[0.5] * len(frames))
 
 
-def test_prediction_tables_of_06_predict():
-    """The tables 06_predict shows: faces highest first with the deciding one marked, each step's share of
+def test_prediction_tables_of_07_predict():
+    """The tables 07_predict shows: faces highest first with the deciding one marked, each step's share of
     the time, and a batch in which a failed file keeps its reason beside the scored ones."""
     faces = [scored_face(0, [0.2, 0.3]), scored_face(1, [0.9, 0.7, 0.8])]
     scored = Prediction("/v/fake.mp4", "ok", fake_probability=faces[1].probability, verdict="fake",
@@ -209,7 +213,7 @@ def test_notebooks_run_top_to_bottom(tmp_path: Path, kernel: str):
         figures = [output for cell in code_cells(run) for output in cell.outputs
                    if "image/png" in output.get("data", {})]
         assert figures, f"{path.name} showed no picture"
-        if path.stem == "06_predict":
+        if path.stem == "07_predict":
             batch = next(o for o in run.cells[-1].outputs if o.output_type == "execute_result")
             assert " failed " in batch["data"]["text/plain"]  # the broken file's row, beside the scored
     assert (workspace / "data" / "mini-tiny" / "index.csv").is_file()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..evaluate import evaluate_run
 from ..model import DEFAULT_MODEL, list_models, model_config
+from ..pseudo_fakes import TRAINING_FAKES
 from ..train import TrainConfig, resume, train
 
-TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "patience", "weight_decay", "device")
+TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "patience", "weight_decay", "device", "fakes")
 # Model options that override the named configuration when given.
 MODEL_OPTIONS = {"d_model": int, "n_heads": int, "n_layers": int, "n_cross_layers": int, "ff_dim": int,
                  "dropout": float, "streams": str, "fusion": str, "pooling": str, "positional": str}
@@ -25,10 +26,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last/ "
                         "checkpoint (with its own data and config; --epochs may extend it)")
     defaults = TrainConfig()
-    for name in TRAIN_OPTIONS:
+    for name in TRAIN_OPTIONS[:-1]:  # fakes has its own choices
         kind = type(getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             help=f"default {getattr(defaults, name)}")
+    parser.add_argument("--fakes", choices=TRAINING_FAKES, help="fakes to train and select on: the dataset's "
+                        "(default), sbi (self-blended twins of the train/val reals instead), or both")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     for name, kind in MODEL_OPTIONS.items():
