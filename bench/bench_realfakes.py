@@ -11,7 +11,8 @@ split and joins it. The RGB embedder is fine-tuned on REAL videos only, with sel
 - `installed-only`: the embedded demo's reals alone, selected on its own val split; realfakes is only scored.
 
 Scores are the frame classifier's mean P(fake) per video; video AUC with 95% bootstrap intervals on the
-test split, on the external videos, and on both together. Run alone (it trains):
+test split, on the external videos, on both together, and on every video the variant neither trained nor
+selected on (for `installed-only`: all 83). Run alone (it trains):
 
     python bench/bench_realfakes.py [--variants realfakes+installed installed-only] [--epochs 8]
 """
@@ -88,11 +89,12 @@ def installed_index(config: DemoConfig) -> pd.DataFrame:
     return read_index(index).assign(video_id=lambda t: "demo/" + t["video_id"].astype(str))
 
 
-def groups(scores: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def groups(scores: pd.DataFrame, unseen: pd.Series) -> list[tuple[str, pd.DataFrame]]:
+    """The scored groups; `unseen` marks the videos a variant neither trained nor selected on."""
     test, external = scores[scores["split"] == "test"], scores[scores["split"] == "external"]
     both = pd.concat([test, external])
     rows = [("ffpp test split", test), ("external (non-FF++ layout, DFD)", external),
-            ("test + external", both)]
+            ("test + external", both), ("every unseen video", scores[unseen])]
     for method in sorted(both.loc[both["label"] == "fake", "method"].unique()):
         chosen = (both["method"] == method) | (both["label"] == "real")
         rows.append((f"  {method} vs all reals", both[chosen]))
@@ -143,11 +145,13 @@ def main() -> None:
             finetune(pd.concat([train, selection], ignore_index=True), faces.dir, config, run)
         seconds = time.perf_counter() - started
         model = load_frame_classifier(best)
-        scored = score_videos(model, realfakes[realfakes["split"].isin(["test", "external"])]
-                              .assign(split="scored"), StageCache.open(faces.dir), "scored", 2 * args.frames)
+        scored = score_videos(model, realfakes.assign(split="scored"), StageCache.open(faces.dir), "scored",
+                              2 * args.frames)
         scored["split"] = realfakes.set_index("video_id").loc[scored["video_id"], "split"].to_numpy()
+        seen = set(train["video_id"]) | set(selection["video_id"])
+        unseen = ~scored["video_id"].isin(seen)
         history = pd.read_csv(run / "history.csv")
-        for name, group in groups(scored):
+        for name, group in groups(scored, unseen):
             labels = (group["label"] == "fake").to_numpy(np.int64)
             metrics = binary_metrics(labels, group["probability"].to_numpy(), 0.5)
             interval = f"[{metrics['auc_low']:.2f}, {metrics['auc_high']:.2f}]"
@@ -159,7 +163,8 @@ def main() -> None:
             "history": history.to_dict("records"), "scores": scored.to_dict("records")}
     print_table(rows, f"realfakes-dev, video AUC of the SBI-fine-tuned frame classifier "
                       f"({args.backbone}, {args.crop} px, faces {faces_seconds:.0f}s)")
-    write_results("realfakes", {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}, **payload})
+    arguments = {k: str(v) for k, v in vars(args).items()}
+    write_results(f"realfakes-{args.crop}px", {"rows": rows, "args": arguments, **payload})
 
 
 if __name__ == "__main__":

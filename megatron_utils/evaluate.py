@@ -156,17 +156,18 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = None,
-                 embed_cache_dir: str | os.PathLike | None = None, split: str = "test",
+                 embed_cache_dir: str | os.PathLike | None = None, split: str | None = "test",
                  out_dir: str | os.PathLike | None = None, checkpoint: str = "best", batch_size: int = 512,
                  device: str = "auto") -> Evaluation:
     """Evaluate a trained run on its own data, or (cross-dataset) on another index and embed cache without
     retraining. Writes metrics.csv/json, scores.csv, PNG plots, report.md and report.html to `out_dir`
-    (default: <run>/eval/<index name>-<split>)."""
+    (default: <run>/eval/<index name>-<split>). `split=None`: every video of the index."""
     run_dir = Path(run_dir)
     run_config = json.loads((run_dir / "config.json").read_text())
     index_path = Path(index) if index is not None else run_dir / "index.csv"
     embed_cache_dir = Path(embed_cache_dir or run_config["data"]["embed_cache"])
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"{index_path.stem}-{split}"
+    name = f"{index_path.stem}-{split or 'all'}"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / name
     out_dir.mkdir(parents=True, exist_ok=True)
 
     torch_device = resolve_device(device)
@@ -210,6 +211,29 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     log.info("%s split of %s: video AUC %.4f, balanced accuracy %.4f at threshold %.3f (%d videos) -> %s",
              split, index_path, overall["auc"], overall["balanced_accuracy"], threshold, len(scores), out_dir)
     return Evaluation(metrics=metrics, scores=scores, out_dir=out_dir)
+
+
+def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split: str | None = "test",
+                     dataset: str = "auto", cache_root: str | os.PathLike | None = None,
+                     workers: int | None = None, **options) -> Evaluation:
+    """Cross-dataset evaluation in one call: index `data` (a dataset folder, or an index file), preprocess it
+    with the run's own preprocessing (cached, so a second call only evaluates), then evaluate the run on
+    it. `split=None` evaluates every video of the index. `options` go to `evaluate_run`."""
+    from .datasets import build_index, write_index
+    from .preprocess import PreprocessConfig, preprocess
+
+    run_dir, data = Path(run_dir), Path(data)
+    if data.is_file():
+        index_path, table = data, read_index(data)
+    elif data.is_dir():
+        table = build_index(data, dataset).table
+        index_path = write_index(table, run_dir / "data" / f"{data.name}.csv")
+    else:
+        raise FileNotFoundError(f"{data} is neither a dataset folder nor an index file")
+    config = PreprocessConfig.from_embed_cache(run_dir)  # the run's copy of its training preprocessing
+    result = preprocess(table, config, cache_root=cache_root, workers=workers)
+    log.info("%s preprocessed as %s was trained: %s", data, run_dir, result.summary().replace("\n", "; "))
+    return evaluate_run(run_dir, index_path, result.embed.dir, split, **options)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

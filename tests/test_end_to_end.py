@@ -10,6 +10,7 @@ from megatron_utils.datasets.index import shared_identities
 from megatron_utils.demo import DemoConfig, run_demo
 from megatron_utils.depth import FACEMESH, DepthConfig
 from megatron_utils.embed import EmbedConfig
+from megatron_utils.evaluate import evaluate_on_data
 from megatron_utils.faces import FaceConfig
 from megatron_utils.finetune import FinetuneConfig
 from megatron_utils.frames import FramesConfig
@@ -65,3 +66,11 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     assert again["test_metrics"] == summary["test_metrics"]
     for step in ("faces", "preprocess (depth, embeddings)"):
         assert again["seconds"][step] < summary["seconds"][step]
+
+    # Cross-dataset in one call: the folder is indexed and preprocessed with the run's own preprocessing
+    # (all cached here, since it is the same data) and scores exactly as the run's own evaluation.
+    other = evaluate_on_data(tmp_path / "run", folder, split="test", cache_root=tmp_path / "cache", workers=2)
+    assert other.overall()["auc"] == summary["test_metrics"]["auc"]
+    assert (tmp_path / "run" / "data" / f"{folder.name}.csv").is_file()
+    everything = evaluate_on_data(tmp_path / "run", folder, split=None, cache_root=tmp_path / "cache")
+    assert everything.overall()["videos"] == 31 and everything.out_dir.name == f"{folder.name}-all"

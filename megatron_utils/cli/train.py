@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..evaluate import evaluate_run
+from ..evaluate import evaluate_on_data, evaluate_run
 from ..model import DEFAULT_MODEL, list_models, model_config
 from ..pseudo_fakes import TRAINING_FAKES
 from ..train import TrainConfig, resume, train
@@ -42,9 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser("evaluate", help="evaluate a trained run (also on another dataset)")
     parser.add_argument("run_dir", type=Path, help="run folder written by `megatron train`")
+    parser.add_argument("--data", type=Path, help="another dataset (folder or index file): preprocessed with "
+                        "the run's own preprocessing (cached) and evaluated; replaces --index/--embeddings")
     parser.add_argument("--index", type=Path, help="index to evaluate on (default: the run's own)")
     parser.add_argument("--embeddings", type=Path, help="embed cache of that index (default: the run's own)")
-    parser.add_argument("--split", default="test", help="split of the index to evaluate (default: test)")
+    parser.add_argument("--split", default="test", help="split of the index to evaluate, or `all` "
+                        "(default: test)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/eval/<index>-<split>)")
     parser.add_argument("--device", default="auto")
@@ -73,8 +76,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    evaluation = evaluate_run(args.run_dir, args.index, args.embeddings, args.split, args.out,
-                              args.checkpoint, device=args.device)
+    split = None if args.split == "all" else args.split
+    options = {"out_dir": args.out, "checkpoint": args.checkpoint, "device": args.device}
+    if args.data is not None:
+        if args.index is not None or args.embeddings is not None:
+            raise ValueError("--data replaces --index and --embeddings; give one or the other")
+        evaluation = evaluate_on_data(args.run_dir, args.data, split, **options)
+    else:
+        evaluation = evaluate_run(args.run_dir, args.index, args.embeddings, split, **options)
     print(evaluation.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"report: {evaluation.out_dir / 'report.md'}")
     return 0
