@@ -3,7 +3,7 @@
 A video's score is the mean P(fake) of its clips. Metrics (scikit-learn): ROC AUC, average precision,
 EER, and at the decision threshold accuracy, balanced accuracy and F1; overall, per dataset, and per
 manipulation method (that method's fakes against all reals of the split). The threshold is the one
-`train` chose on the validation split and stored in the checkpoint's config: the threshold maximising
+`train` chose on the validation split and stored in the checkpoint's decision.json: the one maximising
 validation balanced accuracy (equivalently Youden's J = TPR - FPR on the ROC curve).
 """
 
@@ -32,6 +32,7 @@ from sklearn.metrics import (
 
 from .backbones import RANDOM_INIT_PREFIX
 from .cache import write_json_atomic
+from .checkpoint import DECISION_FILE, decision_threshold, write_model_card
 from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
 from .datasets import read_index
 from .depth import FACEMESH
@@ -184,7 +185,7 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
         raise ValueError(f"{embed_cache_dir} holds embeddings of sizes (rgb, depth) = {dims}, but the model "
                          f"in {run_dir / checkpoint} expects {expected}")
     scores = score_videos(model, clips.to(torch_device), batch_size)
-    threshold = model.config.threshold
+    threshold = decision_threshold(run_dir / checkpoint, model.config.threshold)
     metrics = metric_table(scores, threshold)
     labels = (scores["label"] == "fake").to_numpy(np.int64)
 
@@ -208,6 +209,9 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
         figures.append("training_curves.png")
     write_reports(out_dir, provenance, metrics, figures)
     overall = metrics.iloc[0]
+    if index is None and split == "test" and (run_dir / checkpoint / DECISION_FILE).is_file():
+        test_metrics = {**overall.to_dict(), "split": split, "index": str(index_path)}
+        write_model_card(run_dir / checkpoint, test_metrics)
     log.info("%s split of %s: video AUC %.4f, balanced accuracy %.4f at threshold %.3f (%d videos) -> %s",
              split, index_path, overall["auc"], overall["balanced_accuracy"], threshold, len(scores), out_dir)
     return Evaluation(metrics=metrics, scores=scores, out_dir=out_dir)

@@ -41,7 +41,8 @@ class MegatronConfig:
     fusion: str = "cross_attention"  # "cross_attention" | "concat"
     streams: str = "both"  # "both" | "rgb" | "depth"
     num_classes: int = 1  # one logit: P(fake) = sigmoid(logit)
-    threshold: float = 0.5  # decision threshold on P(fake); `train` sets it from the validation split
+    threshold: float = 0.5  # legacy: checkpoints now keep the decision threshold in decision.json
+    architecture: str = "megatron"  # named in config.json, so a loader knows which class to build
 
     def __post_init__(self) -> None:
         choices = {"positional": ("learned", "sinusoidal"), "pooling": ("cls", "mean"),

@@ -37,13 +37,14 @@ from tqdm.auto import tqdm
 
 from .annotate import annotate_image, annotate_video, plot_timeline
 from .cache import atomic_path
+from .checkpoint import decision_threshold, load_recipe, resolve_checkpoint
 from .depth import DepthEstimator
 from .embed import Embedder, to_clips
 from .evaluate import autocast
 from .faces import FaceDetector, VideoFaces, extract_video_faces
 from .frames import FramesConfig, sample_indices
 from .inference import resolve_device
-from .model import CONFIG_NAME, WEIGHTS_NAME, MegatronDetector
+from .model import MegatronDetector
 from .preprocess import PREPROCESS_FILE, PreprocessConfig
 from .video import MediaError, is_image, probe
 
@@ -53,7 +54,6 @@ __all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore"
 logger = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
-DEFAULT_CHECKPOINT = "best"
 
 
 @dataclass
@@ -129,19 +129,6 @@ class Prediction:
         return cls(**{**data, "faces": faces})
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(run folder, checkpoint folder) for a run folder (its best/ checkpoint) or a checkpoint inside one."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"run folder or checkpoint {path} does not exist")
-    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-        return path.parent, path
-    if (path / DEFAULT_CHECKPOINT / WEIGHTS_NAME).is_file():
-        return path, path / DEFAULT_CHECKPOINT
-    raise FileNotFoundError(f"{path} is neither a run folder with a {DEFAULT_CHECKPOINT}/ checkpoint nor a "
-                            f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
-
-
 def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder) -> None:
     """Refuse weights other than those the run was trained on (compared by content fingerprint)."""
     loaded = {"depth model": (depth.fingerprint, depth.weights),
@@ -172,7 +159,7 @@ class Detector:
         self.config = config.resolved(preprocessing.frames)
         self.checkpoint = checkpoint
         self.device = device
-        self.threshold = float(model.config.threshold)
+        self.threshold = decision_threshold(checkpoint, float(model.config.threshold))
         self.face_detector = FaceDetector(preprocessing.faces)
         self.depth = DepthEstimator(preprocessing.depth)
         self.embedder = Embedder(preprocessing.embed)
@@ -199,11 +186,7 @@ class Detector:
             raise ValueError(f"unknown option(s) {sorted(set(overrides) - known)}; known: {sorted(known)}")
         config = PredictConfig(**overrides)
         run_dir, checkpoint = resolve_checkpoint(run_dir_or_checkpoint)
-        recipe = run_dir / PREPROCESS_FILE
-        if not recipe.is_file():
-            raise FileNotFoundError(f"{recipe} does not exist: the run was trained on embeddings not made by "
-                                    f"`megatron preprocess`, so how to preprocess new media is unknown")
-        stored = json.loads(recipe.read_text())
+        stored = load_recipe(run_dir, checkpoint)
         recorded = stored.get("weights") or {}
         preprocessing = PreprocessConfig.from_dict(stored["config"])
         torch_device = resolve_device(device)

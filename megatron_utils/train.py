@@ -7,18 +7,20 @@ optimizer, schedule, epoch and RNG state for `resume`), each a `save_pretrained`
 
 Class imbalance (FF++ has four or five fakes per real) is handled by `pos_weight = reals / fakes` in the
 loss rather than by a weighted sampler: every clip is seen once per epoch and the loss weighs both classes
-equally. The decision threshold maximises validation balanced accuracy and is stored in the checkpoint's
-config.json (`threshold`).
+equally. The decision threshold maximises validation balanced accuracy; it is written once per selected
+checkpoint, into best/decision.json, beside the preprocessing and the model card (`checkpoint.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import write_json_atomic
+from .checkpoint import complete_checkpoint
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .datasets import read_index
 from .evaluate import (
@@ -96,11 +99,15 @@ def validate(model: MegatronDetector, clips: ClipSet, config: TrainConfig) -> di
 
 # Checkpoints -------------------------------------------------------------------------------------------
 def save_checkpoint(directory: Path, model: MegatronDetector, optimizer: torch.optim.Optimizer | None = None,
-                    state: dict | None = None, generator: torch.Generator | None = None) -> None:
-    """A save_pretrained folder, plus the training state when given; replaced as a whole, never half."""
+                    state: dict | None = None, generator: torch.Generator | None = None,
+                    complete: Callable[[Path], None] | None = None) -> None:
+    """A save_pretrained folder, plus the training state when given and whatever `complete` adds to the
+    folder; replaced as a whole, never half."""
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    if complete is not None:
+        complete(tmp)
     if optimizer is not None:
         optimizer_state = optimizer.state_dict()
         tensors = {f"optimizer.{param}.{name}": value.detach().cpu().contiguous()
@@ -185,6 +192,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     val_clips = load_clips(seen, embed_cache_dir, "val").to(device)
     model_cfg = replace(model_cfg, rgb_dim=train_clips.rgb.shape[-1], depth_dim=train_clips.depth.shape[-1],
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
+    index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
     if not resume:
         index_table.to_csv(run_dir / "index.csv", index=False)
         preprocessing = preprocessing_config(embed_cache_dir)
@@ -193,7 +201,6 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                         "predict` how to preprocess new videos", embed_cache_dir, PREPROCESS_FILE)
         else:
             shutil.copyfile(embed_cache_dir / PREPROCESS_FILE, run_dir / PREPROCESS_FILE)
-        index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
         write_json_atomic(run_dir / "config.json", {
             "model": model_cfg.to_dict(), "train": asdict(train_cfg),
             "preprocessing": preprocessing,
@@ -266,10 +273,13 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                **validate(model, val_clips, train_cfg), "train_seconds": train_seconds,
                "seconds": time.perf_counter() - started}
         history.append(row)
-        model.config.threshold = row["threshold"]
         if row["val_auc"] > state["best_val_auc"]:
             state.update(best_val_auc=row["val_auc"], best_epoch=state["epoch"], bad_epochs=0)
-            save_checkpoint(run_dir / "best", model)
+            selected = {"threshold": row["threshold"], "epoch": state["epoch"], "val_auc": row["val_auc"],
+                        "val_balanced_accuracy": row["val_balanced_accuracy"], "train_index": index_source,
+                        "train_videos": len(train_clips.videos), "fakes": train_cfg.fakes}
+            complete = functools.partial(complete_checkpoint, run_dir=run_dir, selected=selected)
+            save_checkpoint(run_dir / "best", model, complete=complete)
         else:
             state["bad_epochs"] += 1
             state["stopped_early"] = state["bad_epochs"] >= train_cfg.patience

@@ -2,8 +2,10 @@
 faces, fine-tune, depth, embeddings, train, evaluate, report."""
 
 import json
+import shutil
 
 import pandas as pd
+import pytest
 
 from megatron_utils.datasets import build_index
 from megatron_utils.datasets.index import shared_identities
@@ -14,6 +16,7 @@ from megatron_utils.evaluate import evaluate_on_data
 from megatron_utils.faces import FaceConfig
 from megatron_utils.finetune import FinetuneConfig
 from megatron_utils.frames import FramesConfig
+from megatron_utils.predict import Detector
 from megatron_utils.preprocess import PreprocessConfig
 from megatron_utils.train import TrainConfig
 
@@ -74,3 +77,19 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     assert (tmp_path / "run" / "data" / f"{folder.name}.csv").is_file()
     everything = evaluate_on_data(tmp_path / "run", folder, split=None, cache_root=tmp_path / "cache")
     assert everything.overall()["videos"] == 31 and everything.out_dir.name == f"{folder.name}-all"
+
+    # best/ is self-contained: moved away from its run (fine-tuned embedder, preprocessing, threshold and
+    # model card inside), it scores a test video exactly as the run's evaluation did.
+    best = tmp_path / "run" / "best"
+    assert {"decision.json", "preprocess.json", "README.md"} <= {path.name for path in best.iterdir()}
+    assert json.loads((best / "config.json").read_text())["architecture"] == "megatron"
+    assert "test split" in (best / "README.md").read_text()  # the card carries the test metrics
+    evaluated = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "scores.csv").iloc[0]
+    moved = tmp_path / "elsewhere" / "checkpoint"
+    shutil.copytree(best, moved)
+    shutil.rmtree(tmp_path / "run")  # nothing of the run is left: not its finetune/ nor its preprocess.json
+    detector = Detector.from_pretrained(moved)
+    assert "embedders/rgb" in detector.weights["rgb_backbone"]
+    assert detector.threshold == json.loads((moved / "decision.json").read_text())["threshold"]
+    prediction = detector.predict(evaluated["path"])
+    assert prediction.fake_probability == pytest.approx(evaluated["probability"], abs=2e-3)

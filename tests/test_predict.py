@@ -274,3 +274,17 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
     assert "no input matched" in capsys.readouterr().err
     assert main(["predict", str(inputs), "--run", str(tmp_path / "no-run")]) == 2
     assert main(["predict", str(inputs), "--run", str(run), "--checkpoint", "nope"]) == 2
+
+
+def test_a_run_from_before_self_contained_checkpoints_still_loads(tiny_run, tmp_path):
+    """Old runs kept preprocess.json beside best/ and the threshold in config.json, with no architecture."""
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run[0], run)
+    for name in ("decision.json", "preprocess.json", "README.md"):
+        (run / "best" / name).unlink()
+    config = json.loads((run / "best" / "config.json").read_text())
+    del config["architecture"]
+    (run / "best" / "config.json").write_text(json.dumps({**config, "threshold": 0.4321}))
+    detector = Detector.from_pretrained(run, **FAST)
+    assert detector.threshold == 0.4321
+    assert detector.predict(video_of(tiny_run[1], "real")).ok
