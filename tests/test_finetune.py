@@ -8,7 +8,8 @@ import torch
 import megatron_utils.finetune
 from megatron_utils.backbones import create_backbone
 from megatron_utils.cache import StageCache
-from megatron_utils.datasets import build_index
+from megatron_utils.cli import main
+from megatron_utils.datasets import build_index, write_index
 from megatron_utils.faces import FaceConfig, extract_faces
 from megatron_utils.finetune import FinetuneConfig, finetune, load_frames, training_batches
 from megatron_utils.frames import FramesConfig
@@ -100,3 +101,15 @@ def test_a_faces_cache_without_landmarks_is_refused_with_the_reason(faces, tmp_p
     old.write(item, {k: v for k, v in tensors.items() if k != "landmarks"})
     with pytest.raises(ValueError, match="has no landmarks"):
         load_frames(table[table["video_id"] == item].assign(split="train"), old, "train", 4)
+
+
+def test_cli_finetunes_and_says_how_to_use_the_result(faces, tmp_path, capsys, one_torch_thread):
+    table, cache = faces
+    index = write_index(table, tmp_path / "index.csv")
+    out = tmp_path / "cli-run"
+    code = main(["finetune", "--index", str(index), "--faces", str(cache.dir), "--backbone", "tiny_random",
+                 "--epochs", "1", "--batch-size", "8", "--crops-per-video", "2", "--out", str(out)])
+    assert code == 0 and (out / "best" / "finetune.json").is_file()
+    assert f"--rgb-weights {out / 'best'}" in capsys.readouterr().out
+    assert main(["finetune", "--index", str(index), "--faces", str(cache.dir), "--backbone", "tiny_random",
+                 "--out", str(out)]) == 2  # a finished run is not overwritten without --resume
