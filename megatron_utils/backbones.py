@@ -32,6 +32,7 @@ from torch import nn
 
 from .assets import ASSETS, fetch
 from .cache import sha256_file
+from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -141,17 +142,10 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 # Backbone registry --------------------------------------------------------------------------------
-_BACKBONES: dict[str, Callable[..., Backbone]] = {}
-
-
-def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-    """Register `fn(pretrained: bool, weights: path | None) -> Backbone` under its function name."""
-    _BACKBONES[fn.__name__] = fn
-    return fn
-
-
-def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+# Each entry: fn(pretrained: bool, weights: path | None) -> Backbone, registered under its function name.
+BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone")
+register_backbone = BACKBONES.register
+list_backbones = BACKBONES.names
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
@@ -171,10 +165,10 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
             return create_backbone("mobilenetv2_offline", pretrained)
     if weights is not None and (Path(weights) / FINETUNED_MARKER).is_file():
         backbone = _finetuned_backbone(name, Path(weights))
-    elif name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {[AUTO, *list_backbones()]}")
+    elif name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join([AUTO, *list_backbones()])}")
     else:
-        backbone = _BACKBONES[name](pretrained=pretrained, weights=weights)
+        backbone = BACKBONES[name](pretrained=pretrained, weights=weights)
     if backbone.fingerprint == "random-init":
         logger.warning("%s built with RANDOM weights: its features are not meaningful", backbone.name)
     backbone.model.eval().requires_grad_(False)
@@ -189,7 +183,7 @@ def _finetuned_backbone(name: str, folder: Path) -> Backbone:
     info, state, _ = load_finetuned_state(folder)
     if name not in (AUTO, info["backbone"]):
         raise ValueError(f"{folder} holds a fine-tuned {info['backbone']}, not a {name}")
-    backbone = _BACKBONES[info["backbone"]](pretrained=False)
+    backbone = BACKBONES.entry(info["backbone"])(pretrained=False)
     backbone.model.load_state_dict(state)
     file = folder / "model.safetensors"
     return replace(backbone, data_config=replace(backbone.data_config, input_size=info["input_size"]),
@@ -283,8 +277,9 @@ def depth_anything_tiny_config():
                                neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
 
 
-RANDOM_INIT_DEPTH = {"depth-anything-v2-small": depth_anything_v2_small_config,
-                     "depth-anything-tiny": depth_anything_tiny_config}
+RANDOM_INIT_DEPTH: Registry[Callable] = Registry("random-init depth architecture")
+RANDOM_INIT_DEPTH.register(depth_anything_v2_small_config, "depth-anything-v2-small")
+RANDOM_INIT_DEPTH.register(depth_anything_tiny_config, "depth-anything-tiny")
 
 
 def locate_depth_model(model: str) -> tuple[Path, str]:
@@ -331,14 +326,12 @@ def load_depth_model(model: str) -> DepthModel:
 def _random_depth_model(name: str) -> DepthModel:
     from transformers import DepthAnythingForDepthEstimation
 
-    if name not in RANDOM_INIT_DEPTH:
-        raise ValueError(f"unknown random-init depth architecture {name!r}; "
-                         f"choose from {sorted(RANDOM_INIT_DEPTH)}")
+    architecture = RANDOM_INIT_DEPTH.entry(name)
     logger.warning("#" * 100)
     logger.warning("depth model %s%s has RANDOM weights: its depth maps are NOT meaningful. Use it only "
                    "for tests and speed measurements.", RANDOM_INIT_PREFIX, name)
     logger.warning("#" * 100)
-    config = RANDOM_INIT_DEPTH[name]()
+    config = architecture()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same random network every time, so cached results stay comparable
         net = DepthAnythingForDepthEstimation(config)

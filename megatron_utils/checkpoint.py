@@ -67,7 +67,7 @@ def load_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist: the run was trained on embeddings not made by "
                                 f"`megatron preprocess`, so how to preprocess new media is unknown")
     recipe = json.loads(path.read_text())
-    embed = recipe["config"]["embed"]
+    embed = recipe.get("config", {}).get("embed", {})
     for stream in ("rgb", "depth"):
         weights = embed.get(f"{stream}_weights")
         if weights and not Path(weights).is_absolute():
@@ -91,7 +91,7 @@ def complete_checkpoint(checkpoint: Path, run_dir: Path, selected: dict[str, Any
     source = run_dir / PREPROCESS_FILE
     if source.is_file():
         recipe = json.loads(source.read_text())
-        embed = recipe["config"]["embed"]
+        embed = recipe.get("config", {}).get("embed", {})
         for stream in ("rgb", "depth"):
             weights = embed.get(f"{stream}_weights")
             if weights and Path(weights).is_dir():

@@ -38,7 +38,7 @@ from .datasets import read_index
 from .depth import FACEMESH
 from .inference import autocast as mixed_precision
 from .inference import resolve_device
-from .model import MegatronDetector
+from .model import MegatronDetector, load_head
 from .plots import plot_confusion, plot_roc, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
 
     torch_device = resolve_device(device)
-    model = MegatronDetector.from_pretrained(run_dir / checkpoint, map_location=torch_device)
+    model = load_head(run_dir / checkpoint, map_location=torch_device)
     preprocessing = preprocessing_config(embed_cache_dir)
     trained_key = run_config["preprocessing"]["key"]
     if preprocessing["config"] != run_config["preprocessing"]["config"]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .cache import FAILED, StageCache, StageReport, file_fingerprint
 from .frames import FramesConfig, sample_video
 from .landmarks import fit_landmarks
+from .registry import Registry
 from .video import MediaError
 
 logger = logging.getLogger(__name__)
@@ -61,30 +62,20 @@ class FaceConfig:
         if self.track not in TRACK_MODES:
             raise ValueError(f"track must be one of {TRACK_MODES}, got {self.track!r}")
         for name in filter(None, (self.detector, self.fallback)):
-            if name not in _DETECTORS:
-                raise ValueError(f"unknown face detector {name!r}; known: {', '.join(list_detectors())}")
+            DETECTORS.entry(name)  # an unknown name fails here, with the known ones
 
 
 # Detector registry ------------------------------------------------------------------------------------
-# A detector maps an RGB uint8 image to boxes float32 [K, 4] (x0, y0, x1, y1) and scores float32 [K].
+# A detector maps an RGB uint8 image to boxes float32 [K, 4] (x0, y0, x1, y1) and scores float32 [K]; each
+# entry is a factory `fn(FaceConfig) -> Detector`, registered under its function name (timm style).
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-_DETECTORS: dict[str, Callable[[FaceConfig], Detector]] = {}
-
-
-def register_detector(factory: Callable[[FaceConfig], Detector]) -> Callable[[FaceConfig], Detector]:
-    """Register a detector factory under its function name (timm style)."""
-    _DETECTORS[factory.__name__] = factory
-    return factory
-
-
-def list_detectors() -> list[str]:
-    return sorted(_DETECTORS)
+DETECTORS: Registry[Callable[[FaceConfig], Detector]] = Registry("face detector")
+register_detector = DETECTORS.register
+list_detectors = DETECTORS.names
 
 
 def create_detector(name: str, config: FaceConfig) -> Detector:
-    if name not in _DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}; known: {', '.join(list_detectors())}")
-    return _DETECTORS[name](config)
+    return DETECTORS.entry(name)(config)
 
 
 @register_detector

@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .registry import Registry
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -74,24 +76,20 @@ class MegatronConfig:
 
 
 # Named sizes, timm-style. Embedding sizes come from the embed cache, so they are not part of a name.
-MODEL_CONFIGS: dict[str, dict] = {
+MODEL_CONFIGS: Registry[dict] = Registry("model")
+MODEL_CONFIGS.update({
     "megatron-tiny": dict(d_model=64, n_heads=2, n_layers=1, n_cross_layers=1, ff_dim=128),
     "megatron-small": dict(d_model=128, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=256),
     "megatron-base": dict(d_model=256, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=512),
     "megatron-large": dict(d_model=384, n_heads=6, n_layers=4, n_cross_layers=2, ff_dim=1024),
-}
+})
 DEFAULT_MODEL = "megatron-base"
-
-
-def list_models() -> list[str]:
-    return sorted(MODEL_CONFIGS)
+list_models = MODEL_CONFIGS.names
 
 
 def model_config(name: str = DEFAULT_MODEL, **overrides) -> MegatronConfig:
     """The named configuration with `overrides` (e.g. rgb_dim, streams) applied."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
-    return MegatronConfig(**{**MODEL_CONFIGS[name], **overrides})
+    return MegatronConfig(**{**MODEL_CONFIGS.entry(name), **overrides})
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -224,9 +222,28 @@ class MegatronDetector(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).exists():
                 raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {name} is missing")
-        model = cls(MegatronConfig.load(directory / CONFIG_NAME))
+        config = json.loads((directory / CONFIG_NAME).read_text())
+        architecture = config.get("architecture", "megatron")  # checkpoints before it was named: megatron
+        if HEADS.entry(architecture) is not cls:
+            raise ValueError(f"{directory} holds a {architecture!r} temporal head, not {cls.__name__}; "
+                             f"load it with load_head()")
+        model = cls(MegatronConfig.from_dict(config))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
         return model.to(map_location)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# Temporal-head architectures by the name a checkpoint's config.json gives.
+HEADS: Registry[type[nn.Module]] = Registry("temporal head architecture")
+HEADS.register(MegatronDetector, "megatron")
+
+
+def load_head(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A checkpoint's temporal head, built as the architecture its config.json names."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {CONFIG_NAME} is missing")
+    architecture = json.loads(path.read_text()).get("architecture", "megatron")
+    return HEADS.entry(architecture).from_pretrained(directory, map_location)

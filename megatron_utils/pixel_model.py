@@ -17,7 +17,7 @@ from torch import nn
 
 from .depth import DepthEstimator
 from .embed import Embedder
-from .model import MegatronDetector
+from .model import MegatronDetector, load_head
 from .preprocess import PreprocessConfig
 
 
@@ -38,7 +38,7 @@ class MegatronModel(nn.Module):
         run_dir = Path(run_dir)
         config = PreprocessConfig.from_embed_cache(run_dir)  # train copies preprocess.json into the run
         config.depth.device = config.embed.device = device
-        head = MegatronDetector.from_pretrained(run_dir / checkpoint, map_location=device)
+        head = load_head(run_dir / checkpoint, map_location=device)
         return cls(DepthEstimator(config.depth), Embedder(config.embed), head).eval()
 
     @property

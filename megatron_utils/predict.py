@@ -44,7 +44,7 @@ from .evaluate import autocast
 from .faces import FaceDetector, VideoFaces, extract_video_faces
 from .frames import FramesConfig, sample_indices
 from .inference import resolve_device
-from .model import MegatronDetector
+from .model import MegatronDetector, load_head
 from .preprocess import PREPROCESS_FILE, PreprocessConfig
 from .video import MediaError, is_image, probe
 
@@ -205,7 +205,7 @@ class Detector:
                           depth_weights=depth_weights or embed.depth_weights, device=str(torch_device),
                           **batch),
         )
-        model = MegatronDetector.from_pretrained(checkpoint, map_location=torch_device)
+        model = load_head(checkpoint, map_location=torch_device)
         detector = cls(model, preprocessing, config, checkpoint, torch_device)
         check_weights(recorded, detector.depth, detector.embedder)
         logger.info("predict with %s", "; ".join(f"{k}: {v}" for k, v in detector.weights.items()))

@@ -41,15 +41,18 @@ def test_registered_backbones_return_pooled_features_in_eval_mode():
             assert backbone.model(torch.zeros(2, 3, 64, 64)).shape == (2, dim)
 
 
-def test_register_backbone_adds_a_builder(monkeypatch):
-    monkeypatch.setattr(backbones, "_BACKBONES", dict(backbones._BACKBONES))  # leave the registry as found
-
+def test_register_backbone_adds_a_builder():
     @register_backbone
     def tiny_random_again(pretrained: bool = True, weights=None):
         return create_backbone("tiny_random", pretrained, weights)
 
-    assert "tiny_random_again" in list_backbones()
-    assert create_backbone("tiny_random_again").num_features == 256
+    try:
+        assert "tiny_random_again" in list_backbones()
+        assert create_backbone("tiny_random_again").num_features == 256
+        with pytest.raises(ValueError, match="already registered"):
+            register_backbone(tiny_random_again)
+    finally:
+        del backbones.BACKBONES["tiny_random_again"]  # leave the registry as found
 
 
 def test_offline_mobilenetv2_has_real_imagenet_weights(asset):

@@ -90,7 +90,7 @@ def test_evaluate_writes_metrics_plots_and_report(run):
     index = pd.read_csv(run / "index.csv")
     assert set(scores["video_id"]) == set(index.loc[index["split"] == "test", "video_id"])
     # The threshold applied is the one stored with the checkpoint (chosen on validation).
-    threshold = json.loads((run / "best" / "config.json").read_text())["threshold"]
+    threshold = json.loads((run / "best" / "decision.json").read_text())["threshold"]
     labels = (scores["label"] == "fake").to_numpy()
     assert overall["accuracy"] == pytest.approx(np.mean((scores["probability"] >= threshold) == labels))
     report = (out / "report.md").read_text()

@@ -59,9 +59,11 @@ def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, syn
     state = json.loads((full_run / "last" / "training_state.json").read_text())
     best = history.loc[history["val_auc"].idxmax()]
     assert state["best_epoch"] == best["epoch"] and state["best_val_auc"] == pytest.approx(best["val_auc"])
-    best_config = json.loads((full_run / "best" / "config.json").read_text())
-    assert best_config["threshold"] == pytest.approx(best["threshold"])  # chosen on validation, stored
-    assert 0 < best_config["threshold"] < 1
+    decision = json.loads((full_run / "best" / "decision.json").read_text())
+    assert decision["threshold"] == pytest.approx(best["threshold"])  # chosen on validation, stored once
+    assert decision["epoch"] == best["epoch"] and decision["chosen_on"] == "val"
+    assert 0 < decision["threshold"] < 1
+    assert json.loads((full_run / "last" / "config.json").read_text())["threshold"] == 0.5  # legacy field
     assert "val AUC" in (full_run / "train.log").read_text()
     MegatronDetector.from_pretrained(full_run / "best")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..cache import atomic_path
+from ..registry import Registry
 from ..video import is_image, is_video
 
 logger = logging.getLogger(__name__)
@@ -56,14 +57,14 @@ class Adapter:
         return list(inspect.signature(self.build).parameters)[2:]
 
 
-ADAPTERS: dict[str, Adapter] = {}
+ADAPTERS: Registry[Adapter] = Registry("dataset")
 
 
 def register_adapter(name: str, detect: Callable[[Path], bool], layout: str) -> Callable[[BuildFn], BuildFn]:
     """Register `build(root, files, **options)` as the adapter `name`."""
 
     def decorator(build: BuildFn) -> BuildFn:
-        ADAPTERS[name] = Adapter(name, build, detect, layout)
+        ADAPTERS.register(Adapter(name, build, detect, layout), name)
         return build
 
     return decorator
@@ -149,9 +150,7 @@ def build_index(root: str | os.PathLike, dataset: str = "auto", ignore: Iterable
         raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
     if dataset == "auto":
         dataset = detect_dataset(root)
-    if dataset not in ADAPTERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(ADAPTERS)} or 'auto'")
-    adapter = ADAPTERS[dataset]
+    adapter = ADAPTERS.entry(dataset)
     unknown = sorted(set(options) - set(adapter.options))
     if unknown:
         raise ValueError(f"option(s) {', '.join(unknown)} do not apply to dataset {dataset!r} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class MiniPreset:
@@ -20,12 +22,11 @@ class MiniPreset:
     crf: int = 23  # FF++ c23
 
 
-MINI_PRESETS: dict[str, MiniPreset] = {}
+MINI_PRESETS: Registry[MiniPreset] = Registry("mini preset")
 
 
 def register_preset(preset: MiniPreset) -> MiniPreset:
-    MINI_PRESETS[preset.name] = preset
-    return preset
+    return MINI_PRESETS.register(preset, preset.name)
 
 
 register_preset(MiniPreset(
@@ -51,7 +52,4 @@ register_preset(MiniPreset(
 ))
 
 
-def get_preset(name: str) -> MiniPreset:
-    if name not in MINI_PRESETS:
-        raise ValueError(f"unknown mini preset {name!r}; known: {', '.join(MINI_PRESETS)}")
-    return MINI_PRESETS[name]
+get_preset = MINI_PRESETS.entry
