@@ -74,17 +74,6 @@ class FinetuneConfig:
             raise ValueError(f"batch_size must be even and >= 2 (half real, half fake), "
                              f"got {self.batch_size}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> FinetuneConfig:
-        values = dict(values)
-        sbi = SBIConfig(**_tuples(values.pop("sbi", {})))
-        return cls(**values, sbi=sbi, augment=AugmentConfig(**_tuples(values.pop("augment", {}))))
-
-
-def _tuples(section: dict) -> dict:
-    """JSON turns tuples into lists; the configs' ranges are tuples."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
-
 
 # Data ----------------------------------------------------------------------------------------------------
 @dataclass
@@ -104,12 +93,12 @@ class FrameSet:
 def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str, crops_per_video: int) -> FrameSet:
     """The first (largest) person's crops of every video of `split` that the faces stage handled."""
     rows = index[index["split"] == split].reset_index(drop=True)
-    done = set(faces_cache.done_items())
+    done, failures = set(faces_cache.done_items()), faces_cache.failures()
     crops, landmarks, labels, videos = [], [], [], []
     skipped: dict[str, str] = {}
     for row, (video_id, label) in enumerate(zip(rows["video_id"], rows["label"], strict=True)):
         if video_id not in done:
-            skipped[video_id] = faces_cache.failures().get(video_id) or "not in the faces cache"
+            skipped[video_id] = failures.get(video_id) or "not in the faces cache"
             continue
         tensors, _ = faces_cache.read(video_id)
         if "landmarks" not in tensors:

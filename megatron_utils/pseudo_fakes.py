@@ -41,8 +41,9 @@ def blend_clips(crops: np.ndarray, landmarks: np.ndarray, clip_index: np.ndarray
     return out
 
 
-def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike, splits: tuple[str, ...] = ("train",
-                     "val"), seed: int = 0, config: SBIConfig | None = None) -> pd.DataFrame:
+def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
+                     splits: tuple[str, ...] = ("train", "val"), seed: int = 0,
+                     config: SBIConfig | None = None) -> pd.DataFrame:
     """Embed a pseudo-fake twin of every real video of `splits` (cached) and return the index with
     the twins appended as fake rows."""
     config = config or SBIConfig()
