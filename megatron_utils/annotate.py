@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
+from .results import FaceScore, Prediction
 from .video import iter_frames, read_image, write_mp4
-
-if TYPE_CHECKING:
-    from .predict import FaceScore, Prediction
 
 FAKE_COLOUR = (220, 40, 40)  # RGB
 REAL_COLOUR = (40, 190, 70)

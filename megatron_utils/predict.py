@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from .frames import FramesConfig, sample_indices
 from .inference import resolve_device
 from .model import MegatronDetector, load_head
 from .preprocess import PREPROCESS_FILE, PreprocessConfig
+from .results import FAILED, OK, FaceScore, Prediction, WindowScore
 from .video import MediaError, is_image, probe
 
 __all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore", "annotate_image",
@@ -53,7 +54,6 @@ __all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore"
 
 logger = logging.getLogger(__name__)
 
-OK, FAILED = "ok", "failed"
 
 
 @dataclass
@@ -72,61 +72,6 @@ class PredictConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         return config
-
-
-@dataclass
-class WindowScore:
-    first_frame: int  # first and last sampled frame of the window (video frame numbers)
-    last_frame: int
-    probability: float
-    frames: int  # frames of the window in which this face has a crop
-
-
-@dataclass
-class FaceScore:
-    track: int  # 0 = the person with the largest summed face area
-    probability: float  # mean of the window probabilities
-    frames_used: int  # sampled frames of this face inside its scored windows
-    windows: list[WindowScore]
-    frame_index: list[int]  # those frames (video frame numbers), ascending
-    boxes: list[list[float]]  # (x0, y0, x1, y1) in frame pixels, one per frame_index
-    timeline: list[float]  # per frame_index: the mean probability of the windows covering the frame
-
-
-@dataclass
-class Prediction:
-    path: str
-    status: str  # "ok" or "failed"
-    error: str | None = None  # why it failed, naming the file
-    fake_probability: float | None = None  # the highest face probability
-    verdict: str | None = None  # "fake" when fake_probability >= threshold, else "real"
-    threshold: float | None = None
-    face: int | None = None  # track id of the face that decided the score
-    face_box: list[float] | None = None  # its box on its first scored frame
-    faces: list[FaceScore] = field(default_factory=list)  # every scored face, by track id
-    frames_used: int = 0  # sampled frames decoded and searched for faces
-    sample_every: int | None = None  # typical video frames between the frames of a clip
-    frame_count: int = 0
-    fps: float = 0.0
-    media: str | None = None  # "video" or "image"
-    weights: dict[str, str] = field(default_factory=dict)  # checkpoint, depth model, backbones, in words
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode_faces, depth, embed, ...
-
-    @property
-    def ok(self) -> bool:
-        return self.status == OK
-
-    def deciding_face(self) -> FaceScore:
-        return next(face for face in self.faces if face.track == self.face)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Prediction:
-        faces = [FaceScore(**{**face, "windows": [WindowScore(**w) for w in face["windows"]]})
-                 for face in data.get("faces", [])]
-        return cls(**{**data, "faces": faces})
 
 
 def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,10 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .cache import FAILED, OK, StageCache, cache_root, cache_sizes
+from .results import Prediction
 from .video import is_image, probe, read_frames, read_image
-
-if TYPE_CHECKING:
-    from .predict import Prediction
 
 LABEL_COLOURS = {"real": "#2b7bba", "fake": "#d7301f"}
 MARKERS = "osD^vP*Xh<>p"
