@@ -145,9 +145,7 @@ def main() -> None:
             finetune(pd.concat([train, selection], ignore_index=True), faces.dir, config, run)
         seconds = time.perf_counter() - started
         model = load_frame_classifier(best)
-        scored = score_videos(model, realfakes.assign(split="scored"), StageCache.open(faces.dir), "scored",
-                              2 * args.frames)
-        scored["split"] = realfakes.set_index("video_id").loc[scored["video_id"], "split"].to_numpy()
+        scored = score_videos(model, realfakes, StageCache.open(faces.dir), None, 2 * args.frames)
         seen = set(train["video_id"]) | set(selection["video_id"])
         unseen = ~scored["video_id"].isin(seen)
         history = pd.read_csv(run / "history.csv")

@@ -54,15 +54,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
                             f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
 
 
-def recipe_path(run_dir: Path, checkpoint: Path) -> Path:
-    """The checkpoint's own preprocess.json; runs older than self-contained checkpoints keep it in the run."""
-    own = checkpoint / PREPROCESS_FILE
-    return own if own.is_file() else run_dir / PREPROCESS_FILE
-
-
 def load_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
     """preprocess.json with the checkpoint's relative embedder paths made absolute."""
-    path = recipe_path(run_dir, checkpoint)
+    own = checkpoint / PREPROCESS_FILE  # runs older than self-contained checkpoints keep it in the run
+    path = own if own.is_file() else run_dir / PREPROCESS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run was trained on embeddings not made by "
                                 f"`megatron preprocess`, so how to preprocess new media is unknown")

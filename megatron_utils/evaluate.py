@@ -34,12 +34,13 @@ from .backbones import RANDOM_INIT_PREFIX
 from .cache import write_json_atomic
 from .checkpoint import DECISION_FILE, decision_threshold, write_model_card
 from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
-from .datasets import read_index
+from .datasets import build_index, read_index, write_index
 from .depth import FACEMESH
 from .inference import autocast as mixed_precision
 from .inference import resolve_device
 from .model import MegatronDetector, load_head
 from .plots import plot_confusion, plot_roc, plot_training_curves
+from .preprocess import PreprocessConfig, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +224,6 @@ def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split:
     """Cross-dataset evaluation in one call: index `data` (a dataset folder, or an index file), preprocess it
     with the run's own preprocessing (cached, so a second call only evaluates), then evaluate the run on
     it. `split=None` evaluates every video of the index. `options` go to `evaluate_run`."""
-    from .datasets import build_index, write_index
-    from .preprocess import PreprocessConfig, preprocess
-
     run_dir, data = Path(run_dir), Path(data)
     if data.is_file():
         index_path, table = data, read_index(data)

@@ -90,9 +90,11 @@ class FrameSet:
         return len(self.label)
 
 
-def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str, crops_per_video: int) -> FrameSet:
-    """The first (largest) person's crops of every video of `split` that the faces stage handled."""
-    rows = index[index["split"] == split].reset_index(drop=True)
+def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str | None, crops_per_video: int
+                ) -> FrameSet:
+    """The first (largest) person's crops of every video of `split` (all videos if None) that the faces
+    stage handled."""
+    rows = (index if split is None else index[index["split"] == split]).reset_index(drop=True)
     done, failures = set(faces_cache.done_items()), faces_cache.failures()
     crops, landmarks, labels, videos = [], [], [], []
     skipped: dict[str, str] = {}
@@ -111,10 +113,10 @@ def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str, crops_
         labels.append(np.full(len(chosen), int(label == "fake")))
         videos.append(np.full(len(chosen), row))
     if skipped:
-        log.warning("%d %s videos have no faces and are skipped: %s", len(skipped), split,
+        log.warning("%d %s videos have no faces and are skipped: %s", len(skipped), split or "indexed",
                     ", ".join(f"{v} ({why})" for v, why in list(skipped.items())[:5]))
     if not crops:
-        raise ValueError(f"no {split} video of the index has face crops in {faces_cache.dir}")
+        raise ValueError(f"no {split or 'indexed'} video of the index has face crops in {faces_cache.dir}")
     return FrameSet(np.concatenate(crops), np.concatenate(landmarks).astype(np.float32),
                     np.concatenate(labels), np.concatenate(videos), rows)
 
@@ -215,7 +217,7 @@ def load_frame_classifier(folder: str | os.PathLike, device: str = "auto") -> Fr
     return model.to(resolve_device(device)).eval()
 
 
-def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache, split: str,
+def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache, split: str | None,
                  crops_per_video: int = 16, amp: bool = True) -> pd.DataFrame:
     """The frame classifier as a video detector: the split's index rows with `probability`, the mean
     P(fake) of up to `crops_per_video` crops of the video's main face."""
