@@ -34,11 +34,11 @@ from common import bench_video, print_table, write_results
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_utils.demo import demo_preprocess_config  # noqa: E402
-from megatron_utils.depth import DepthEstimator  # noqa: E402
-from megatron_utils.embed import Embedder  # noqa: E402
-from megatron_utils.model import DEFAULT_MODEL, MegatronDetector, list_models, model_config  # noqa: E402
-from megatron_utils.predict import Detector  # noqa: E402
-from megatron_utils.preprocess import PREPROCESS_FILE, PreprocessConfig  # noqa: E402
+from megatron_utils.inference.predict import Detector  # noqa: E402
+from megatron_utils.models.heads import DEFAULT_MODEL, MegatronHead, list_models, model_config  # noqa: E402
+from megatron_utils.preprocessing.depth import DepthEstimator  # noqa: E402
+from megatron_utils.preprocessing.embed import Embedder  # noqa: E402
+from megatron_utils.preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig  # noqa: E402
 
 DEPTH_MODEL = "random-init:depth-anything-v2-small"
 BACKBONE = "mobilenetv2_offline"
@@ -84,7 +84,7 @@ def write_run(folder: Path, config: PreprocessConfig, model_name: str) -> Path:
     model_cfg = model_config(model_name, rgb_dim=embedder.rgb.num_features,
                              depth_dim=embedder.depth.num_features,
                              max_len=max(64, config.frames.frames_per_clip))
-    MegatronDetector(model_cfg).save_pretrained(folder / "best")
+    MegatronHead(model_cfg).save_pretrained(folder / "best")
     return folder
 
 

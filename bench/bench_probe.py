@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_table, write_results  # noqa: E402
-from megatron_utils.cache import StageCache  # noqa: E402
+from megatron_utils.core.cache import StageCache  # noqa: E402
 from megatron_utils.datasets import read_index  # noqa: E402
 
 

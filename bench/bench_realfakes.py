@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 from common import REPO, print_table, write_results
 
-from megatron_utils.cache import StageCache
+from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, read_index, write_index
+from megatron_utils.datasets.mini import build_mini
 from megatron_utils.demo import DemoConfig, demo_preprocess_config
-from megatron_utils.evaluate import binary_metrics
-from megatron_utils.faces import extract_faces
-from megatron_utils.finetune import FinetuneConfig, finetune, load_frame_classifier, score_videos
-from megatron_utils.frames import FramesConfig
-from megatron_utils.mini import build_mini
+from megatron_utils.preprocessing.faces import extract_faces
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.training.evaluate import binary_metrics
+from megatron_utils.training.finetune import FinetuneConfig, finetune, load_frame_classifier, score_videos
 
 log = logging.getLogger("bench_realfakes")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realfakes-dev"

@@ -18,7 +18,7 @@ from bench_realfakes import DEFAULT_DATA, groups, realfakes_index
 from common import REPO, print_table, write_results
 
 from megatron_utils.datasets import write_index
-from megatron_utils.evaluate import binary_metrics, evaluate_on_data
+from megatron_utils.training.evaluate import binary_metrics, evaluate_on_data
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ def peak_rss_mb() -> float:
 def bench_video(width: int, height: int, frames: int = 400, out_dir: Path | None = None) -> Path:
     """A real face video at the given size: the WolfgangLanger clip resized (cropped to the aspect
     ratio), H.264 at crf 23 with the encoder's default keyframe interval. Cached between runs."""
-    from megatron_utils.assets import fetch
-    from megatron_utils.video import iter_frames, write_mp4
+    from megatron_utils.core.assets import fetch
+    from megatron_utils.preprocessing.video import iter_frames, write_mp4
 
     out_dir = out_dir or REPO / "cache" / "bench"
     path = out_dir / f"wolfgang_{width}x{height}_{frames}.mp4"

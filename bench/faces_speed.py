@@ -9,9 +9,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from megatron_utils.assets import fetch
-from megatron_utils.faces import FaceConfig, FaceDetector, extract_video_faces
-from megatron_utils.frames import FramesConfig, sample_video
+from megatron_utils.core.assets import fetch
+from megatron_utils.preprocessing.faces import FaceConfig, FaceDetector, extract_video_faces
+from megatron_utils.preprocessing.frames import FramesConfig, sample_video
 
 SETTINGS = {
     "dlib_hog upsample=1 (default)": FaceConfig(),

@@ -17,25 +17,25 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .backbones import (
+from .core.cache import write_json_atomic
+from .datasets import build_index, summarize, write_index
+from .datasets.mini import build_mini
+from .models.backbones import (
     AUTO,
     DEFAULT_DEPTH_MODEL,
     RANDOM_INIT_PREFIX,
     WeightsUnavailableError,
     locate_depth_model,
 )
-from .cache import write_json_atomic
-from .datasets import build_index, summarize, write_index
-from .depth import FACEMESH, DepthConfig
-from .embed import EmbedConfig
-from .evaluate import evaluate_run
-from .faces import FaceConfig, extract_faces
-from .finetune import FINETUNED_MARKER, FinetuneConfig, finetune
-from .frames import FramesConfig
-from .mini import build_mini
-from .model import model_config
-from .preprocess import PreprocessConfig, preprocess
-from .train import TrainConfig, train
+from .models.heads import model_config
+from .preprocessing.depth import FACEMESH, DepthConfig
+from .preprocessing.embed import EmbedConfig
+from .preprocessing.faces import FaceConfig, extract_faces
+from .preprocessing.frames import FramesConfig
+from .preprocessing.preprocess import PreprocessConfig, preprocess
+from .training.evaluate import evaluate_run
+from .training.finetune import FINETUNED_MARKER, FinetuneConfig, finetune
+from .training.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 

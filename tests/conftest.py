@@ -21,8 +21,8 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def asset():
-    """`asset(name)` -> verified local path of a real media file or weights (see megatron_utils.assets)."""
-    from megatron_utils.assets import fetch
+    """`asset(name)` -> verified local path of a real media file or weights (see `core.assets`)."""
+    from megatron_utils.core.assets import fetch
 
     return fetch
 
@@ -30,7 +30,7 @@ def asset():
 @pytest.fixture(scope="session")
 def tiny_mini(tmp_path_factory: pytest.TempPathFactory):
     """The `tiny` mini dataset, built once per session: (folder, MiniReport)."""
-    from megatron_utils.mini import build_mini
+    from megatron_utils.datasets.mini import build_mini
 
     out = tmp_path_factory.mktemp("mini") / "tiny"
     return out, build_mini("tiny", out, seed=0)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_utils.cache import StageCache
-from megatron_utils.faces import FaceConfig, FaceDetector, square_crop
-from megatron_utils.video import read_frames, read_image
+from megatron_utils.core.cache import StageCache
+from megatron_utils.preprocessing.faces import FaceConfig, FaceDetector, square_crop
+from megatron_utils.preprocessing.video import read_frames, read_image
 
 CROP = 112  # small crops keep the tests fast; the format is the same at 224
 
@@ -65,7 +65,7 @@ def save_tiny_depth_model(folder: Path, seed: int = 0) -> Path:
     import transformers
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from megatron_utils.backbones import depth_anything_tiny_config
+    from megatron_utils.models.backbones import depth_anything_tiny_config
 
     config = depth_anything_tiny_config()
     torch.manual_seed(seed)

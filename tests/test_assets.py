@@ -1,7 +1,7 @@
 import pytest
 
-from megatron_utils import assets
-from megatron_utils.cache import sha256_file
+from megatron_utils.core import assets
+from megatron_utils.core.cache import sha256_file
 
 
 def test_every_fetched_asset_matches_its_checksum(asset):

@@ -9,15 +9,15 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from megatron_utils import backbones
-from megatron_utils.backbones import (
+from megatron_utils.models import backbones
+from megatron_utils.models.backbones import (
     WeightsUnavailableError,
     create_backbone,
     list_backbones,
     register_backbone,
 )
-from megatron_utils.inference import images_to_tensor
-from megatron_utils.video import read_image
+from megatron_utils.preprocessing.batching import images_to_tensor
+from megatron_utils.preprocessing.video import read_image
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_utils.cache import FAILED, OK, StageCache, atomic_path, cache_sizes, stable_hash
+from megatron_utils.core.cache import FAILED, OK, StageCache, atomic_path, cache_sizes, stable_hash
 
 
 def test_key_changes_with_any_config_value(cache_dir):
@@ -56,7 +56,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_killed_writer_never_leaves_a_visible_partial_entry(cache_dir):
     """SIGKILL a process that writes entries in a loop; every entry on disk must load."""
     script = (
-        "import numpy as np\nfrom megatron_utils.cache import StageCache\n"
+        "import numpy as np\nfrom megatron_utils.core.cache import StageCache\n"
         "c = StageCache('stress', {})\n"
         "for i in range(100000):\n"
         "    c.write(f'v{i % 50}', {'x': np.full((256, 256), i % 251, np.uint8)})\n"

@@ -6,14 +6,14 @@ import huggingface_hub
 import pytest
 import torch
 
-from megatron_utils.checkpoint import push_to_hub, resolve_checkpoint
-from megatron_utils.model import MegatronDetector, model_config
+from megatron_utils.models.checkpoint import push_to_hub, resolve_checkpoint
+from megatron_utils.models.heads import MegatronHead, model_config
 
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    return MegatronDetector(model_config("megatron-tiny", rgb_dim=8, depth_dim=8)).save_pretrained(
+    return MegatronHead(model_config("megatron-tiny", rgb_dim=8, depth_dim=8)).save_pretrained(
         tmp_path / "run" / "best")
 
 

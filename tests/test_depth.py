@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
 
-from megatron_utils.backbones import WeightsUnavailableError, load_depth_model
-from megatron_utils.depth import DepthConfig, DepthEstimator, compute_depth
+from megatron_utils.models.backbones import WeightsUnavailableError, load_depth_model
+from megatron_utils.preprocessing.depth import DepthConfig, DepthEstimator, compute_depth
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ import torch
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
 from safetensors.torch import save_file
 
-from megatron_utils.depth import DepthConfig, compute_depth
-from megatron_utils.embed import EmbedConfig, Embedder, compute_embeddings, to_clips
-from megatron_utils.faces import FaceConfig, extract_video_faces
-from megatron_utils.frames import FramesConfig
+from megatron_utils.preprocessing.depth import DepthConfig, compute_depth
+from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings, to_clips
+from megatron_utils.preprocessing.faces import FaceConfig, extract_video_faces
+from megatron_utils.preprocessing.frames import FramesConfig
 
 
 @pytest.fixture(scope="session")

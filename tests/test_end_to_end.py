@@ -10,15 +10,15 @@ import pytest
 from megatron_utils.datasets import build_index
 from megatron_utils.datasets.index import shared_identities
 from megatron_utils.demo import DemoConfig, run_demo
-from megatron_utils.depth import FACEMESH, DepthConfig
-from megatron_utils.embed import EmbedConfig
-from megatron_utils.evaluate import evaluate_on_data
-from megatron_utils.faces import FaceConfig
-from megatron_utils.finetune import FinetuneConfig
-from megatron_utils.frames import FramesConfig
-from megatron_utils.predict import Detector
-from megatron_utils.preprocess import PreprocessConfig
-from megatron_utils.train import TrainConfig
+from megatron_utils.inference.predict import Detector
+from megatron_utils.preprocessing.depth import FACEMESH, DepthConfig
+from megatron_utils.preprocessing.embed import EmbedConfig
+from megatron_utils.preprocessing.faces import FaceConfig
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.preprocess import PreprocessConfig
+from megatron_utils.training.evaluate import evaluate_on_data
+from megatron_utils.training.finetune import FinetuneConfig
+from megatron_utils.training.train import TrainConfig
 
 
 def test_tiny_mini_indexes_with_real_and_fake_in_every_split_and_no_shared_identity(tiny_mini):

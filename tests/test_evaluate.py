@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from megatron_utils.cli import main
-from megatron_utils.evaluate import binary_metrics, choose_threshold, evaluate_run, metric_table
-from megatron_utils.model import model_config
-from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
-from megatron_utils.train import TrainConfig, train
+from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
+from megatron_utils.models.heads import model_config
+from megatron_utils.training.evaluate import binary_metrics, choose_threshold, evaluate_run, metric_table
+from megatron_utils.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -122,5 +122,5 @@ def test_evaluation_refuses_embeddings_of_another_size(run, tmp_path):
     index, cache_dir = write_synthetic_embed_cache(tmp_path / "cache",
                                                    SyntheticEmbedConfig(identities=10, rgb_dim=16))
     index.to_csv(tmp_path / "index.csv", index=False)
-    with pytest.raises(ValueError, match=r"sizes \(rgb, depth\) = \(16, 32\)"):
+    with pytest.raises(ValueError, match=r"sizes \{'depth': 32, 'rgb': 16\}"):
         evaluate_run(run, tmp_path / "index.csv", cache_dir, out_dir=tmp_path / "out")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from feature_inputs import face_crop
 
-from megatron_utils.cache import sha256_file
-from megatron_utils.facemesh import FAR, FaceMeshDepth
-from megatron_utils.video import read_image
+from megatron_utils.core.cache import sha256_file
+from megatron_utils.preprocessing.facemesh import FAR, FaceMeshDepth
+from megatron_utils.preprocessing.video import read_image
 
 SIDE = 224  # the faces stage's default crop size
 PHOTOS = ["obama", "biden", "astronaut", "grace_hopper"]

@@ -12,8 +12,8 @@ import pytest
 from test_frames import phone_portrait_mp4
 
 from megatron_utils import cli
-from megatron_utils.cache import OK
-from megatron_utils.faces import (
+from megatron_utils.core.cache import OK
+from megatron_utils.preprocessing.faces import (
     FaceConfig,
     FaceDetector,
     NoFaceError,
@@ -24,8 +24,8 @@ from megatron_utils.faces import (
     list_detectors,
     square_crop,
 )
-from megatron_utils.frames import FramesConfig, sample_indices
-from megatron_utils.video import iter_frames, read_image, write_mp4
+from megatron_utils.preprocessing.frames import FramesConfig, sample_indices
+from megatron_utils.preprocessing.video import iter_frames, read_image, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = FramesConfig(frames_per_clip=8)
@@ -202,8 +202,8 @@ def test_single_video_raises_clear_errors(asset):
 
 KILL_SCRIPT = """
 import sys
-from megatron_utils.faces import FaceConfig, extract_faces
-from megatron_utils.frames import FramesConfig
+from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
+from megatron_utils.preprocessing.frames import FramesConfig
 items = [(f"copy{i}", sys.argv[1]) for i in range(6)]
 extract_faces(items, FramesConfig(frames_per_clip=4), FaceConfig(), cache_root=sys.argv[2], workers=2)
 """

@@ -5,15 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-import megatron_utils.finetune
-from megatron_utils.backbones import create_backbone
-from megatron_utils.cache import StageCache
+import megatron_utils.training.finetune
 from megatron_utils.cli import main
+from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, write_index
-from megatron_utils.faces import FaceConfig, extract_faces
-from megatron_utils.finetune import FinetuneConfig, finetune, load_frames, training_batches
-from megatron_utils.frames import FramesConfig
-from megatron_utils.inference import images_to_tensor
+from megatron_utils.models.backbones import create_backbone
+from megatron_utils.preprocessing.batching import images_to_tensor
+from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.training.finetune import FinetuneConfig, finetune, load_frames, training_batches
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_finetuned_weights_load_as_a_backbone_and_change_the_features(faces, tmp
 def test_a_killed_run_resumes_as_if_never_stopped(faces, tmp_path, monkeypatch, one_torch_thread):
     table, cache = faces
     finetune(table, cache.dir, tiny(epochs=3), tmp_path / "straight")
-    validate = megatron_utils.finetune.frame_probabilities
+    validate = megatron_utils.training.finetune.frame_probabilities
     calls = []
 
     def killed_in_third_epoch(*args, **kwargs):
@@ -72,10 +72,10 @@ def test_a_killed_run_resumes_as_if_never_stopped(faces, tmp_path, monkeypatch, 
             raise KeyboardInterrupt
         return validate(*args, **kwargs)
 
-    monkeypatch.setattr(megatron_utils.finetune, "frame_probabilities", killed_in_third_epoch)
+    monkeypatch.setattr(megatron_utils.training.finetune, "frame_probabilities", killed_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(table, cache.dir, tiny(epochs=3), tmp_path / "halted")
-    monkeypatch.setattr(megatron_utils.finetune, "frame_probabilities", validate)
+    monkeypatch.setattr(megatron_utils.training.finetune, "frame_probabilities", validate)
     finetune(table, cache.dir, tiny(epochs=3), tmp_path / "halted", resume=True)
     straight = pd.read_csv(tmp_path / "straight" / "history.csv")
     resumed = pd.read_csv(tmp_path / "halted" / "history.csv")

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from megatron_utils.frames import FramesConfig, sample_indices, sample_video
-from megatron_utils.video import probe, read_frames, read_image, write_mp4
+from megatron_utils.preprocessing.frames import FramesConfig, sample_indices, sample_video
+from megatron_utils.preprocessing.video import probe, read_frames, read_image, write_mp4
 
 # The track header matrix a phone writes for a portrait recording: stored frames are the scene turned
 # 90 degrees counter-clockwise, and players turn them 90 degrees clockwise (ffprobe: "rotate 90").

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_utils.mini import MINI_PRESETS, build_mini
-from megatron_utils.mini.build import CONTACT_SHEET, MANIFEST, fake_path, original_path
-from megatron_utils.mini.contact_sheet import sheet_size
-from megatron_utils.mini.landmarks import FaceDetector
-from megatron_utils.mini.manipulations import METHODS
-from megatron_utils.mini.splits import SPLITS
-from megatron_utils.video import probe, read_frames, read_image
+from megatron_utils.datasets.mini import MINI_PRESETS, build_mini
+from megatron_utils.datasets.mini.build import CONTACT_SHEET, MANIFEST, fake_path, original_path
+from megatron_utils.datasets.mini.contact_sheet import sheet_size
+from megatron_utils.datasets.mini.landmarks import detect_faces
+from megatron_utils.datasets.mini.manipulations import METHODS
+from megatron_utils.datasets.mini.splits import SPLITS
+from megatron_utils.preprocessing.video import probe, read_frames, read_image
 
 ID = re.compile(r"^[a-z0-9-]+-\d+$")
 
@@ -129,13 +129,12 @@ def test_rebuild_reuses_finished_videos(tiny):
 
 def test_face_swap_changes_the_face_not_the_background(tiny):
     out, _ = tiny
-    detector = FaceDetector()
     name = next(f["name"] for f in _manifest(out)["fakes"] if f["method"] == "FaceSwap")
     target = name.split("_")[0]
     _, real = read_frames(original_path(out, target), [10, 25])
     _, fake = read_frames(fake_path(out, "FaceSwap", name), [10, 25])
     for real_frame, fake_frame in zip(real, fake, strict=True):
-        box = max(detector.detect(real_frame), key=lambda d: d.size).box
+        box = max(detect_faces(real_frame, upsample=1), key=lambda d: d.size).box
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         diff = np.abs(real_frame.astype(np.int16) - fake_frame.astype(np.int16)).mean(-1)
         inside = np.zeros(diff.shape, bool)

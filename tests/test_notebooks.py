@@ -14,11 +14,11 @@ import pandas as pd
 import papermill
 import pytest
 
-from megatron_utils import viz
-from megatron_utils.colab import GITHUB_REPO, colab_url, mount_drive
-from megatron_utils.faces import FaceConfig, extract_faces
-from megatron_utils.frames import FramesConfig
-from megatron_utils.predict import FaceScore, Prediction, WindowScore
+from megatron_utils.core.colab import GITHUB_REPO, colab_url, mount_drive
+from megatron_utils.inference.predict import FaceScore, Prediction, WindowScore
+from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.visualization import notebook as viz
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

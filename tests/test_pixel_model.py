@@ -8,10 +8,10 @@ import pytest
 import torch
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
 
-from megatron_utils.depth import DepthConfig, DepthEstimator, compute_depth
-from megatron_utils.embed import EmbedConfig, Embedder, compute_embeddings
-from megatron_utils.model import MegatronDetector, model_config
-from megatron_utils.pixel_model import MegatronModel
+from megatron_utils.models.heads import MegatronHead, model_config
+from megatron_utils.models.megatron import MegatronModel
+from megatron_utils.preprocessing.depth import DepthConfig, DepthEstimator, compute_depth
+from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings
 
 STREAMS = {"cross_attention": {}, "concat": {"fusion": "concat"}, "rgb_only": {"streams": "rgb"},
            "depth_only": {"streams": "depth"}}
@@ -43,7 +43,7 @@ def setup(asset, tmp_path_factory):
 def megatron(setup, **overrides) -> MegatronModel:
     depth, embedder, _, _ = setup
     torch.manual_seed(0)
-    head = MegatronDetector(model_config("megatron-tiny", rgb_dim=256, depth_dim=256, **overrides))
+    head = MegatronHead(model_config("megatron-tiny", rgb_dim=256, depth_dim=256, **overrides))
     return MegatronModel(depth, embedder, head).eval()
 
 

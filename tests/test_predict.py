@@ -16,15 +16,8 @@ import torch
 from PIL import Image
 
 from megatron_utils.cli import main
-from megatron_utils.clips import load_clips
 from megatron_utils.datasets import build_index, write_index
-from megatron_utils.depth import DepthConfig
-from megatron_utils.embed import EmbedConfig
-from megatron_utils.evaluate import clip_probabilities
-from megatron_utils.faces import FaceConfig
-from megatron_utils.frames import FramesConfig
-from megatron_utils.model import MegatronDetector, model_config
-from megatron_utils.predict import (
+from megatron_utils.inference.predict import (
     Detector,
     Prediction,
     annotate_image,
@@ -33,9 +26,16 @@ from megatron_utils.predict import (
     write_csv,
     write_jsonl,
 )
-from megatron_utils.preprocess import PreprocessConfig, preprocess
-from megatron_utils.train import TrainConfig, train
-from megatron_utils.video import iter_frames, probe, write_mp4
+from megatron_utils.models.heads import MegatronHead, model_config
+from megatron_utils.preprocessing.depth import DepthConfig
+from megatron_utils.preprocessing.embed import EmbedConfig
+from megatron_utils.preprocessing.faces import FaceConfig
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
+from megatron_utils.preprocessing.video import iter_frames, probe, read_frames, read_image, write_mp4
+from megatron_utils.training.clips import load_clips
+from megatron_utils.training.evaluate import clip_probabilities
+from megatron_utils.training.train import TrainConfig, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T, STRIDE = 8, 5  # training clips: frames 0, 5, ..., 35 of each 40-frame mini video
@@ -108,6 +108,26 @@ def test_video_predictions_are_complete_and_identical_twice(detector, tiny_run):
     assert not detector.model.training
 
 
+def test_bytes_and_decoded_frames_score_like_the_file(detector, tiny_run):
+    """A service scores an upload's bytes or frames it decoded itself, without a temporary file."""
+    _, table, _ = tiny_run
+    path = Path(video_of(table, "fake"))
+    from_file = detector.predict(path)
+    from_bytes = detector(path.read_bytes(), name="upload.mp4")
+    _, frames = read_frames(path, range(probe(path).frame_count))
+    from_frames = detector(frames, name="frames")
+    for other, name in ((from_bytes, "upload.mp4"), (from_frames, "frames")):
+        check_record(other)
+        assert other.path == name
+        assert other.fake_probability == pytest.approx(from_file.fake_probability, abs=1e-6)
+        assert [w.probability for w in other.faces[0].windows] == pytest.approx(
+            [w.probability for w in from_file.faces[0].windows], abs=1e-6)
+    broken = detector(b"not a video", name="junk.bin")
+    assert broken.status == "failed" and broken.error.startswith("junk.bin: ")
+    wrong = detector(frames.astype(np.float32), name="floats")
+    assert wrong.status == "failed" and "uint8" in wrong.error and wrong.error.startswith("floats: ")
+
+
 @pytest.fixture(scope="module")
 def uniform_embeddings(tiny_run, tmp_path_factory):
     """The real test video preprocessed like tiny_run but with uniform sampling, 2 interleaved clips."""
@@ -131,10 +151,10 @@ def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clips(tiny
     sensitive = tmp_path / "run"
     sensitive.mkdir()
     shutil.copy(embed_dir / "preprocess.json", sensitive)
-    config = replace(MegatronDetector.from_pretrained(run / "best").config, streams=streams, pooling="mean",
+    config = replace(MegatronHead.from_pretrained(run / "best").config, streams=streams, pooling="mean",
                      dropout=0.0)
     torch.manual_seed(0)
-    model = MegatronDetector(config).eval()
+    model = MegatronHead(config).eval()
     with torch.no_grad():  # tiny_random features vary little: amplify them, and the head
         for scale, name in zip((40.0, -60.0), model.stream_names, strict=False):
             model.embeddings[name].project.weight.mul_(scale)
@@ -146,7 +166,7 @@ def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clips(tiny
     per_clip = clip_probabilities(model, clips)
     expected = float(per_clip[0])
     with torch.no_grad():
-        rgb, depth = clips.rgb.float(), clips.depth.float()
+        rgb, depth = clips.features["rgb"].float(), clips.features["depth"].float()
         swapped = model(rgb=depth, depth=rgb, valid=clips.valid) if streams == "both" else \
             model(rgb=None, depth=rgb, valid=clips.valid)
     assert abs(float(torch.sigmoid(swapped[0, 0])) - expected) > 0.1  # a swap would be caught
@@ -177,6 +197,12 @@ def test_single_image(detector, asset, tmp_path):
     assert len(prediction.faces) == 1 and prediction.frames_used == 1
     out = annotate_image(prediction, tmp_path / "obama.png")
     assert out.read_bytes().startswith(PNG_SIGNATURE)
+    # The same photo as uploaded bytes and as a decoded array is the same still image.
+    for media in (Path(asset("obama")).read_bytes(), read_image(asset("obama"))):
+        again = detector(media, name="upload")
+        check_record(again)
+        assert again.media == "image" and again.sample_every is None
+        assert again.fake_probability == pytest.approx(prediction.fake_probability, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +263,7 @@ def test_timeline_plot_and_annotated_video(detector, tiny_run, tmp_path):
 def test_weights_other_than_the_training_ones_are_refused(tiny_run, tmp_path):
     from safetensors.torch import save_file
 
-    from megatron_utils.backbones import create_backbone
+    from megatron_utils.models.backbones import create_backbone
 
     backbone = create_backbone("tiny_random")
     state = {name: tensor + 0.01 for name, tensor in backbone.model.state_dict().items()}

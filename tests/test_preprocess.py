@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from megatron_utils.cli import main
-from megatron_utils.depth import DepthConfig
-from megatron_utils.embed import EmbedConfig
-from megatron_utils.faces import FaceConfig
-from megatron_utils.frames import FramesConfig
-from megatron_utils.preprocess import PreprocessConfig, preprocess
+from megatron_utils.preprocessing.depth import DepthConfig
+from megatron_utils.preprocessing.embed import EmbedConfig
+from megatron_utils.preprocessing.faces import FaceConfig
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
 
 TINY = PreprocessConfig(
     frames=FramesConfig(frames_per_clip=6, clips_per_video=2),
@@ -77,7 +77,7 @@ def test_cli_preprocess_exits_1_when_an_item_failed(videos, cache_dir, capsys):
 def test_training_never_reads_embeddings_made_from_another_file_with_the_same_id(videos, cache_dir, asset):
     import pandas as pd
 
-    from megatron_utils.clips import load_clips
+    from megatron_utils.training.clips import load_clips
 
     result = preprocess(videos[:1] + videos[3:], TINY, workers=0)  # single_face and obama
     rows = [dict(video_id="real/single_face", path=str(asset("single_face_video")), label="real"),

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from megatron_utils.cache import StageCache
+from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index
-from megatron_utils.depth import FACEMESH, DepthConfig
-from megatron_utils.embed import EmbedConfig
-from megatron_utils.faces import FaceConfig
-from megatron_utils.frames import FramesConfig
-from megatron_utils.preprocess import PreprocessConfig, preprocess
-from megatron_utils.pseudo_fakes import SBI_METHOD, training_index
+from megatron_utils.preprocessing.depth import FACEMESH, DepthConfig
+from megatron_utils.preprocessing.embed import EmbedConfig
+from megatron_utils.preprocessing.faces import FaceConfig
+from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
+from megatron_utils.training.pseudo_fakes import SBI_METHOD, training_index
 
 
 @pytest.fixture(scope="module")

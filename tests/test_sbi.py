@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from feature_inputs import face_detector
 
-from megatron_utils.faces import FaceConfig, box_in_crop, square_crop
-from megatron_utils.landmarks import BROWS, JAW, OUTER_FACE, fit_landmarks
-from megatron_utils.mini.contact_sheet import sheet_size
-from megatron_utils.sbi import (
+from megatron_utils.datasets.mini.contact_sheet import sheet_size
+from megatron_utils.preprocessing.faces import FaceConfig, box_in_crop, square_crop
+from megatron_utils.preprocessing.landmarks import BROWS, JAW, OUTER_FACE, fit_landmarks
+from megatron_utils.preprocessing.video import read_image
+from megatron_utils.training.sbi import (
     AugmentConfig,
     SBIConfig,
     augment,
@@ -22,7 +23,6 @@ from megatron_utils.sbi import (
     forehead_hull,
     self_blend,
 )
-from megatron_utils.video import read_image
 
 SIZE = 160
 PHOTOS = ("obama", "biden", "grace_hopper", "pyfeat_single_face")  # four identities

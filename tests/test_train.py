@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_utils import train as train_module
-from megatron_utils.cache import FAILED, StageCache
 from megatron_utils.cli import main
-from megatron_utils.clips import Augmentation, augment, load_clips
-from megatron_utils.model import MegatronDetector, model_config
-from megatron_utils.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
-from megatron_utils.train import TrainConfig, ablation_table, learning_rate, resume, train
+from megatron_utils.core.cache import FAILED, StageCache
+from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
+from megatron_utils.models.heads import MegatronHead, model_config
+from megatron_utils.training import train as train_module
+from megatron_utils.training.clips import Augmentation, augment, load_clips
+from megatron_utils.training.train import TrainConfig, ablation_table, learning_rate, resume, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,7 +65,7 @@ def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, syn
     assert 0 < decision["threshold"] < 1
     assert json.loads((full_run / "last" / "config.json").read_text())["threshold"] == 0.5  # legacy field
     assert "val AUC" in (full_run / "train.log").read_text()
-    MegatronDetector.from_pretrained(full_run / "best")
+    MegatronHead.from_pretrained(full_run / "best")
 
 
 def test_ablations_find_a_depth_only_signal_only_with_depth(synthetic, tmp_path):
@@ -162,9 +162,11 @@ def test_augmentation_keeps_valid_frames_and_is_reproducible():
     valid = torch.ones(64, 8, dtype=torch.bool)
     valid[::2, 3:] = False
     config = Augmentation(min_crop_fraction=0.5, frame_dropout=0.3)
-    out_rgb, out_depth, out_valid = augment(rgb, depth, valid, config, generator)
-    again = augment(rgb, depth, valid, config, torch.Generator().manual_seed(0))
-    assert torch.equal(out_rgb, again[0]) and torch.equal(out_valid, again[2])
+    out, out_valid = augment({"rgb": rgb, "depth": depth}, valid, config, generator)
+    again, again_valid = augment({"rgb": rgb, "depth": depth}, valid, config,
+                                 torch.Generator().manual_seed(0))
+    assert torch.equal(out["rgb"], again["rgb"]) and torch.equal(out_valid, again_valid)
+    out_rgb = out["rgb"]
     assert out_valid.any(dim=1).all()  # every clip keeps a frame
     assert out_valid.sum() < valid.sum()  # frames were cropped or dropped
     # Every kept frame is an original valid frame of the same clip (moved in time, never invented).
@@ -172,6 +174,9 @@ def test_augmentation_keeps_valid_frames_and_is_reproducible():
         for frame in torch.nonzero(out_valid[clip]).flatten():
             matches = (rgb[clip] == out_rgb[clip, frame]).all(dim=1) & valid[clip]
             assert matches.any()
+            # Both streams are moved together: the depth frame is the one of the same time step.
+            (source,) = torch.nonzero(matches).flatten()[:1]
+            assert torch.equal(out["depth"][clip, frame], depth[clip, source])
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from megatron_utils.video import MediaError, iter_frames, probe, read_frames, read_image, write_mp4
+from megatron_utils.preprocessing.video import (
+    MediaError,
+    iter_frames,
+    probe,
+    read_frames,
+    read_image,
+    write_mp4,
+)
 
 
 def test_probe_real_video(asset):

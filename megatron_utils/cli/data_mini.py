@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..mini import MINI_PRESETS, build_mini
+from ..datasets.mini import MINI_PRESETS, build_mini
 
 
 def register(data_commands: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..faces import FaceConfig, extract_faces, list_detectors
-from ..frames import SAMPLINGS, FramesConfig
+from ..preprocessing.faces import FaceConfig, extract_faces, list_detectors
+from ..preprocessing.frames import SAMPLINGS, FramesConfig
 
 INDEX_SUFFIXES = {".csv", ".parquet"}
 

@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..backbones import AUTO, DEFAULT_DEPTH_MODEL, list_backbones
-from ..cache import StageCache, StageReport, cache_sizes
+from ..core.cache import StageCache, StageReport, cache_sizes
+from ..models.backbones import AUTO, DEFAULT_DEPTH_MODEL, list_backbones
 
 if TYPE_CHECKING:
-    from ..depth import DepthConfig
-    from ..embed import EmbedConfig
+    from ..preprocessing.depth import DepthConfig
+    from ..preprocessing.embed import EmbedConfig
 
 
 def _finish(cache: StageCache, report: StageReport) -> int:
@@ -21,7 +21,7 @@ def _finish(cache: StageCache, report: StageReport) -> int:
 
 
 def depth_config(args: argparse.Namespace, prefix: str = "") -> DepthConfig:
-    from ..depth import DepthConfig
+    from ..preprocessing.depth import DepthConfig
 
     option = lambda name: getattr(args, prefix + name)  # noqa: E731
     return DepthConfig(model=args.depth_model, input_size=option("input_size"),
@@ -30,7 +30,7 @@ def depth_config(args: argparse.Namespace, prefix: str = "") -> DepthConfig:
 
 
 def embed_config(args: argparse.Namespace, prefix: str = "") -> EmbedConfig:
-    from ..embed import EmbedConfig
+    from ..preprocessing.embed import EmbedConfig
 
     option = lambda name: getattr(args, prefix + name)  # noqa: E731
     return EmbedConfig(rgb_backbone=args.rgb_backbone, depth_backbone=args.depth_backbone,
@@ -41,7 +41,7 @@ def embed_config(args: argparse.Namespace, prefix: str = "") -> EmbedConfig:
 
 
 def _depth(args: argparse.Namespace) -> int:
-    from ..depth import compute_depth
+    from ..preprocessing.depth import compute_depth
 
     faces = StageCache.open(args.faces_cache, "faces")
     cache, report = compute_depth(faces, depth_config(args), force=args.force,
@@ -52,7 +52,7 @@ def _depth(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..embed import compute_embeddings
+    from ..preprocessing.embed import compute_embeddings
 
     faces = StageCache.open(args.faces_cache, "faces")
     depth = StageCache.open(args.depth_cache, "depth")

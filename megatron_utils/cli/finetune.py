@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..backbones import AUTO, list_backbones
-from ..finetune import FAKES_MODES, FinetuneConfig, finetune
+from ..models.backbones import AUTO, list_backbones
+from ..training.finetune import FAKES_MODES, FinetuneConfig, finetune
 
 OPTIONS = ("epochs", "batch_size", "lr", "crops_per_video", "patience", "max_minutes", "seed", "input_size",
            "device")

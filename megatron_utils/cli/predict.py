@@ -6,7 +6,7 @@ import argparse
 import glob
 from pathlib import Path
 
-from ..video import is_image, is_video
+from ..preprocessing.video import is_image, is_video
 
 EPILOG = """\
 inputs: files, folders (searched recursively for videos and images) and glob patterns ("clips/**/*.mp4").
@@ -59,7 +59,14 @@ def describe(prediction) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..predict import Detector, annotate_image, annotate_video, plot_timeline, write_csv, write_jsonl
+    from ..inference.predict import (
+        Detector,
+        annotate_image,
+        annotate_video,
+        plot_timeline,
+        write_csv,
+        write_jsonl,
+    )
 
     paths = expand_inputs(args.inputs)
     if not any(path.exists() for path in paths):

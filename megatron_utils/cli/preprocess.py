@@ -15,7 +15,7 @@ from .features import (
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..preprocess import PreprocessConfig, preprocess
+    from ..preprocessing.preprocess import PreprocessConfig, preprocess
 
     frames, faces = face_configs(args)
     config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"))

@@ -6,10 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ..evaluate import evaluate_on_data, evaluate_run
-from ..model import DEFAULT_MODEL, list_models, model_config
-from ..pseudo_fakes import TRAINING_FAKES
-from ..train import TrainConfig, resume, train
+from ..models.heads import DEFAULT_MODEL, list_models, model_config
+from ..training.evaluate import evaluate_on_data, evaluate_run
+from ..training.pseudo_fakes import TRAINING_FAKES
+from ..training.train import TrainConfig, resume, train
 
 TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "patience", "weight_decay", "device", "fakes")
 # Model options that override the named configuration when given.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..video import is_video
+from ..preprocessing.video import is_video
 from .index import (
     IndexResult,
     Row,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..video import is_video
+from ..preprocessing.video import is_video
 from .index import (
     SPLITS,
     IndexResult,

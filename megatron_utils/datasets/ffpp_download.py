@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..cache import write_json_atomic
+from ..core.cache import write_json_atomic
 from .ffpp import COMPRESSIONS, FFPP_METHODS, OFFICIAL_SPLITS_DIR, read_split_pairs
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..cache import atomic_path
-from ..registry import Registry
-from ..video import is_image, is_video
+from ..core.cache import atomic_path
+from ..core.registry import Registry
+from ..preprocessing.video import is_image, is_video
 
 logger = logging.getLogger(__name__)
 

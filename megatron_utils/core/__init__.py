@@ -1,0 +1,1 @@
+"""Shared machinery: the registry, stage caches, registry-package assets, Colab helpers."""

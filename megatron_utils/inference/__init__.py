@@ -1,0 +1,1 @@
+"""Scoring new media with a trained run, and what scoring returns."""

@@ -1,0 +1,318 @@
+"""Scoring new videos and images with a trained run: `Detector.from_pretrained(run)(media)`.
+
+A pipeline in the style of transformers' pipelines: `preprocess` (decode the run's own frame sampling, find
+and crop faces) -> `forward` (depth maps, embeddings, temporal head) -> `postprocess` (verdict, per-face
+timelines). `media` is a path, the file's bytes (an upload, no temporary file) or decoded RGB frames.
+
+The run's `preprocess.json` (copied there by `train`) rebuilds exactly the training preprocessing: face
+detector, crop margin and size, depth model and input size, both backbones and their input sizes, T. The
+weights actually loaded must be the ones recorded at training (by content fingerprint), so local copies of
+the models may replace hub ids, but other weights are refused. The model runs in eval mode under
+`torch.inference_mode`, with no augmentation: the same file always gets the same scores.
+
+Frame sampling is the run's own, by construction: `FramesConfig` from `preprocess.json`, so a new video
+gets exactly the clips `evaluate` scores for an indexed one (same T, same frame spacing, same sampling).
+- `clips_per_video` may be raised (`--clips`) to cover a video more densely; it keeps the training
+  spacing (uniform clips interleave, consecutive windows spread evenly).
+- Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each clip
+  in which the face has a crop in at least half of the clip's frames. A face's probability is the mean of
+  its clips (as `evaluate` averages a video's clips); the video's probability is the highest face's, and
+  the prediction names that face. Each frame of a face gets the mean of the clips spanning it (uniform
+  clips span the whole video, so their timeline is flat; consecutive windows localise it).
+- A still image is one clip of one frame. A video with fewer than `min_frames` frames (default
+  max(2, T // 2)) is not scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.cache import atomic_path
+from ..models.checkpoint import decision_threshold, load_recipe, resolve_checkpoint
+from ..models.heads import MegatronHead, load_head
+from ..preprocessing.batching import resolve_device
+from ..preprocessing.depth import DepthEstimator
+from ..preprocessing.embed import Embedder, to_clips
+from ..preprocessing.faces import FaceDetector, VideoFaces, track_faces
+from ..preprocessing.frames import FramesConfig, Media, sample_video
+from ..preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig
+from ..preprocessing.video import Encoded, MediaError
+from ..training.evaluate import autocast
+from ..visualization.annotate import annotate_image, annotate_video, plot_timeline
+from .results import FAILED, OK, FaceScore, Prediction, WindowScore
+
+__all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore", "annotate_image",
+           "annotate_video", "plot_timeline", "write_csv", "write_jsonl"]
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass
+class PredictConfig:
+    """How a new video is covered; None picks the run's own value (see the module docstring)."""
+
+    clips_per_video: int | None = None  # clips scored per video; default: the run's training clips
+    min_frames: int | None = None  # shorter videos fail; default max(2, T // 2)
+    batch_size: int | None = None  # crops per depth and embedding batch; default: the training ones
+
+    def resolved(self, frames: FramesConfig) -> PredictConfig:
+        config = replace(self, clips_per_video=self.clips_per_video or frames.clips_per_video,
+                         min_frames=self.min_frames or max(2, frames.frames_per_clip // 2))
+        for name in ("clips_per_video", "min_frames", "batch_size"):
+            value = getattr(config, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        return config
+
+
+def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder) -> None:
+    """Refuse weights other than those the run was trained on (compared by content fingerprint)."""
+    loaded = {"depth model": (depth.fingerprint, depth.weights),
+              "rgb backbone": (embedder.rgb.fingerprint, f"{embedder.rgb.name}: {embedder.rgb.weights}"),
+              "depth backbone": (embedder.depth.fingerprint,
+                                 f"{embedder.depth.name}: {embedder.depth.weights}")}
+    expected = {"depth model": recorded.get("depth"),
+                "rgb backbone": (recorded.get("rgb") or {}).get("weights"),
+                "depth backbone": (recorded.get("depth_backbone") or {}).get("weights")}
+    for name, (fingerprint, source) in loaded.items():
+        if expected[name] is None:
+            raise ValueError(f"the run's {PREPROCESS_FILE} does not record the {name} weights it was trained "
+                             f"with, so the loaded ones ({source}) cannot be checked")
+        if fingerprint != expected[name]:
+            raise ValueError(f"{name} weights {source} (fingerprint {fingerprint}) are not the ones the run "
+                             f"was trained with (fingerprint {expected[name]}); give the same weights "
+                             f"(a local copy of them is fine)")
+
+
+class Detector:
+    """A trained run ready to score new media; build it with `Detector.from_pretrained`."""
+
+    def __init__(self, model: MegatronHead, preprocessing: PreprocessConfig, config: PredictConfig,
+                 checkpoint: Path, device: torch.device):
+        self.model = model.eval()
+        self.preprocessing = preprocessing
+        self.frames_per_clip = preprocessing.frames.frames_per_clip
+        self.config = config.resolved(preprocessing.frames)
+        # The run's own sampling, by construction: only the number of clips may grow.
+        self.frames = replace(preprocessing.frames, clips_per_video=self.config.clips_per_video)
+        self.checkpoint = checkpoint
+        self.device = device
+        self.threshold = decision_threshold(checkpoint, float(model.config.threshold))
+        self.face_detector = FaceDetector(preprocessing.faces)
+        self.depth = DepthEstimator(preprocessing.depth)
+        self.embedder = Embedder(preprocessing.embed)
+        dims = (self.embedder.rgb.num_features, self.embedder.depth.num_features)
+        if dims != (model.config.rgb_dim, model.config.depth_dim):
+            raise ValueError(f"the backbones give (rgb, depth) features of sizes {dims}, but {checkpoint} "
+                             f"expects {(model.config.rgb_dim, model.config.depth_dim)}")
+        self.weights = {
+            "checkpoint": f"{checkpoint.resolve()} (threshold {self.threshold:.4f})",
+            "depth_model": self.depth.weights,
+            "rgb_backbone": f"{self.embedder.rgb.name}: {self.embedder.rgb.weights}",
+            "depth_backbone": f"{self.embedder.depth.name}: {self.embedder.depth.weights}",
+        }
+
+    @classmethod
+    def from_pretrained(cls, run_dir_or_checkpoint: str | os.PathLike, device: str = "auto",
+                        depth_model: str | None = None, rgb_weights: str | None = None,
+                        depth_weights: str | None = None, **overrides: Any) -> Detector:
+        """Load a run's checkpoint (its best/ by default, or a checkpoint folder inside the run), its decision
+        threshold and its preprocessing. `depth_model`, `rgb_weights` and `depth_weights` point at local
+        copies of the training weights; `overrides` are `PredictConfig` fields."""
+        known = {f.name for f in fields(PredictConfig)}
+        if set(overrides) - known:
+            raise ValueError(f"unknown option(s) {sorted(set(overrides) - known)}; known: {sorted(known)}")
+        config = PredictConfig(**overrides)
+        run_dir, checkpoint = resolve_checkpoint(run_dir_or_checkpoint)
+        stored = load_recipe(run_dir, checkpoint)
+        recorded = stored.get("weights") or {}
+        preprocessing = PreprocessConfig.from_dict(stored["config"])
+        torch_device = resolve_device(device)
+        batch = {"batch_size": config.batch_size} if config.batch_size else {}
+        embed = preprocessing.embed
+        # The backbones the run really used (not "auto", which could resolve differently here).
+        backbones = {f"{stream}_backbone": (recorded.get(key) or {}).get("backbone")
+                     or getattr(embed, f"{stream}_backbone")
+                     for stream, key in (("rgb", "rgb"), ("depth", "depth_backbone"))}
+        preprocessing = replace(
+            preprocessing,
+            faces=replace(preprocessing.faces, track="all"),
+            depth=replace(preprocessing.depth, model=depth_model or preprocessing.depth.model,
+                          device=str(torch_device), **batch),
+            embed=replace(embed, **backbones, rgb_weights=rgb_weights or embed.rgb_weights,
+                          depth_weights=depth_weights or embed.depth_weights, device=str(torch_device),
+                          **batch),
+        )
+        model = load_head(checkpoint, map_location=torch_device)
+        detector = cls(model, preprocessing, config, checkpoint, torch_device)
+        check_weights(recorded, detector.depth, detector.embedder)
+        logger.info("predict with %s", "; ".join(f"{k}: {v}" for k, v in detector.weights.items()))
+        return detector
+
+    # The pipeline: preprocess -> forward -> postprocess -------------------------------------------------
+    def preprocess(self, media: Media, name: str | None = None) -> VideoFaces:
+        """Decode the run's own frame sampling (more clips when asked) and crop every tracked face.
+
+        `media` is a path, an `Encoded` upload or decoded RGB frames; `name` names bytes or an array."""
+        if isinstance(media, bytes):
+            media = Encoded(media, name or "<bytes>")
+        video = sample_video(media, self.frames, name)
+        if video.info.codec != "image" and video.info.frame_count < self.config.min_frames:
+            raise MediaError(video.name, f"video too short: {video.info.frame_count} frame(s), scoring "
+                                         f"needs at least {self.config.min_frames} (give a still image as "
+                                         f"an image)")
+        return track_faces(video, self.preprocessing.faces, self.face_detector)
+
+    def forward(self, video: VideoFaces, timings: dict[str, float] | None = None) -> list[FaceScore]:
+        """Depth maps, embeddings and the temporal head for every face's clips (seconds into `timings`)."""
+        timings = {} if timings is None else timings
+        tic = time.perf_counter()
+        crops = np.concatenate([track.crops for track in video.tracks])  # all people in shared batches
+        depth_maps = self.depth(crops)
+        timings["depth"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        rgb, depth = self.embedder(crops, depth_maps)
+        timings["embed"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        faces = self.score_tracks(video, rgb, depth)
+        timings["classify"] = time.perf_counter() - tic
+        return faces
+
+    def postprocess(self, video: VideoFaces, faces: list[FaceScore], timings: dict[str, float]) -> Prediction:
+        """The verdict of the most fake-looking face under the run's threshold, with every face's timeline."""
+        if not faces:
+            raise MediaError(video.path, "no face has crops in at least half of the frames of any clip")
+        best = max(faces, key=lambda face: face.probability)
+        first = video.clips[0]
+        still = video.frame_count == 1  # a one-frame video is refused as too short in preprocess
+        step = None if still else max(1, round(float(np.diff(first).mean()))) if len(first) > 1 else 1
+        return Prediction(
+            video.path, OK, fake_probability=best.probability,
+            verdict="fake" if best.probability >= self.threshold else "real", threshold=self.threshold,
+            face=best.track, face_box=best.boxes[0], faces=faces, frames_used=video.frames_decoded,
+            sample_every=step, frame_count=video.frame_count, fps=video.fps,
+            media="image" if still else "video", weights=self.weights,
+            timings={name: round(seconds, 4) for name, seconds in timings.items()})
+
+    def predict(self, media: Media, name: str | None = None) -> Prediction:
+        """Score one video or image (a path, its bytes, or decoded frames); any failure becomes a record
+        with status "failed" and the reason, so one bad input never stops a batch."""
+        label = name or (str(media) if isinstance(media, str | os.PathLike | Encoded) else
+                         "<bytes>" if isinstance(media, bytes) else "<array>")
+        try:
+            timings: dict[str, float] = {}
+            started = time.perf_counter()
+            video = self.preprocess(media, name)
+            timings["decode_faces"] = time.perf_counter() - started
+            faces = self.forward(video, timings)
+            timings["total"] = time.perf_counter() - started
+            return self.postprocess(video, faces, timings)
+        except MediaError as error:
+            return Prediction(label, FAILED, error=str(error), threshold=self.threshold, weights=self.weights)
+        except Exception as error:  # noqa: BLE001 - one bad file never stops a batch
+            logger.debug("predict %s failed", label, exc_info=True)
+            return Prediction(label, FAILED, error=f"{label}: {type(error).__name__}: {error}",
+                              threshold=self.threshold, weights=self.weights)
+
+    __call__ = predict
+
+    def predict_many(self, inputs: Iterable[Media]) -> Iterator[Prediction]:
+        inputs = list(inputs)
+        for media in tqdm(inputs, desc="predict", unit="file", disable=len(inputs) < 2):
+            yield self.predict(media)
+
+    def score_tracks(self, video: VideoFaces, rgb: np.ndarray, depth: np.ndarray) -> list[FaceScore]:
+        """Every face scored on its windows; `rgb`/`depth` hold the features of all tracks' crops in order."""
+        windows = video.clips
+        length = self.frames_per_clip
+        rows, clip_index, frame_index, owners = [], [], [], []  # one entry per (window, crop)
+        offset = 0
+        for track_id, track in enumerate(video.tracks):
+            row_of = {int(frame): offset + row for row, frame in enumerate(track.frame_index)}
+            for window_id, window in enumerate(windows):
+                members = [frame for frame in window if frame in row_of]
+                if 2 * len(members) >= len(window):
+                    owners.append((track_id, window_id, len(members)))
+                    rows += [row_of[frame] for frame in members]
+                    clip_index += [len(owners) - 1] * len(members)
+                    frame_index += members
+            offset += len(track)
+        if not owners:
+            return []
+        # The embed stage's layout (float16, present frames first, padding masked), as in training.
+        clips = to_clips({"rgb": rgb[rows], "depth": depth[rows]}, np.array(clip_index),
+                         np.array(frame_index), length)
+        probabilities = self.classify(clips["rgb"], clips["depth"], clips["valid"])
+
+        faces = []
+        for track_id, track in enumerate(video.tracks):
+            scored = [(windows[w], count, float(p))
+                      for (t, w, count), p in zip(owners, probabilities, strict=True) if t == track_id]
+            if not scored:
+                continue
+            in_windows = {int(f) for window, _, _ in scored for f in window}
+            used = sorted(in_windows & set(track.frame_index.tolist()))
+            box_of = {int(f): box for f, box in zip(track.frame_index, track.boxes, strict=True)}
+            timeline = [float(np.mean([p for window, _, p in scored if window[0] <= frame <= window[-1]]))
+                        for frame in used]
+            faces.append(FaceScore(
+                track=track_id, probability=float(np.mean([p for _, _, p in scored])), frames_used=len(used),
+                windows=[WindowScore(int(w[0]), int(w[-1]), p, count) for w, count, p in scored],
+                frame_index=used, boxes=[[round(float(v), 2) for v in box_of[f]] for f in used],
+                timeline=timeline))
+        return faces
+
+    @torch.inference_mode()
+    def classify(self, rgb: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """P(fake) of clips [N, T, D] of each stream, in eval mode: no dropout and no augmentation."""
+        device = self.device
+        with autocast(device):
+            logits = self.model(rgb=torch.from_numpy(rgb).to(device).float(),
+                                depth=torch.from_numpy(depth).to(device).float(),
+                                valid=torch.from_numpy(valid).to(device))
+        return torch.sigmoid(logits.float()[:, 0]).cpu().numpy()
+
+
+# Outputs ---------------------------------------------------------------------------------------------
+CSV_COLUMNS = ["path", "status", "verdict", "fake_probability", "threshold", "face", "face_box", "faces",
+               "frames_used", "seconds", "error"]
+
+
+def write_jsonl(predictions: Iterable[Prediction], path: str | os.PathLike) -> Path:
+    """One JSON object per prediction (`Prediction.to_dict`), written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        for prediction in predictions:
+            handle.write(json.dumps(prediction.to_dict()) + "\n")
+    return path
+
+
+def write_csv(predictions: Iterable[Prediction], path: str | os.PathLike) -> Path:
+    """One row per input: verdict, probability, deciding face and its box, or the failure reason."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS)
+        writer.writeheader()
+        for p in predictions:
+            writer.writerow({
+                "path": p.path, "status": p.status, "verdict": p.verdict or "",
+                "fake_probability": "" if p.fake_probability is None else f"{p.fake_probability:.6f}",
+                "threshold": "" if p.threshold is None else f"{p.threshold:.6f}",
+                "face": "" if p.face is None else p.face,
+                "face_box": "" if p.face_box is None else " ".join(f"{v:.1f}" for v in p.face_box),
+                "faces": len(p.faces), "frames_used": p.frames_used,
+                "seconds": f"{p.timings.get('total', 0.0):.3f}", "error": p.error or ""})
+    return path

@@ -1,0 +1,1 @@
+"""Models: image backbones, temporal heads, the pixels-to-verdict Megatron model, checkpoints."""

@@ -1,0 +1,154 @@
+"""A self-contained checkpoint folder: everything `predict` needs, nothing that unpickles code.
+
+    best/
+      model.safetensors, config.json   the temporal head (config names its architecture)
+      preprocess.json                  the preprocessing, with the fingerprint of every weight file it uses
+      embedders/rgb/, embedders/depth/ fine-tuned embedders (when the run used them), referenced relatively
+      decision.json                    the decision threshold chosen on validation, with the selected epoch
+      README.md                        the model card: data, metrics with their split, intended use, limits
+
+`train` writes it once, for the selected epoch; `evaluate` adds test metrics to the card. A folder can be
+uploaded to the Hugging Face hub (`push_to_hub`), and `resolve_checkpoint` accepts a hub repo id too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..core.cache import write_json_atomic
+from ..preprocessing.preprocess import PREPROCESS_FILE
+from .backbones import hub_download
+from .heads import CONFIG_NAME, WEIGHTS_NAME
+
+log = logging.getLogger(__name__)
+
+DECISION_FILE = "decision.json"
+CARD_FILE = "README.md"
+EMBEDDERS = "embedders"
+DEFAULT_CHECKPOINT = "best"
+
+
+def is_checkpoint(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) for a run folder (its best/), a checkpoint folder, or a hub repo id
+    (`owner/name`, downloaded or taken from the local hub cache)."""
+    given = str(path)
+    path = Path(path).expanduser()
+    if not path.exists() and given.count("/") == 1 and not given.startswith((".", "/", "~")):
+        path = hub_download(given)
+    if not path.exists():
+        raise FileNotFoundError(f"run folder, checkpoint or hub repo {given} does not exist")
+    if is_checkpoint(path):
+        return path.parent, path
+    if is_checkpoint(path / DEFAULT_CHECKPOINT):
+        return path, path / DEFAULT_CHECKPOINT
+    raise FileNotFoundError(f"{path} is neither a run folder with a {DEFAULT_CHECKPOINT}/ checkpoint nor a "
+                            f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+
+
+def load_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """preprocess.json with the checkpoint's relative embedder paths made absolute."""
+    own = checkpoint / PREPROCESS_FILE  # runs older than self-contained checkpoints keep it in the run
+    path = own if own.is_file() else run_dir / PREPROCESS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run was trained on embeddings not made by "
+                                f"`megatron preprocess`, so how to preprocess new media is unknown")
+    recipe = json.loads(path.read_text())
+    embed = recipe.get("config", {}).get("embed", {})
+    for stream in ("rgb", "depth"):
+        weights = embed.get(f"{stream}_weights")
+        if weights and not Path(weights).is_absolute():
+            embed[f"{stream}_weights"] = str((path.parent / weights).resolve())
+    return recipe
+
+
+def decision_threshold(checkpoint: Path, config_threshold: float) -> float:
+    """The threshold chosen on validation; older checkpoints kept it in config.json."""
+    path = checkpoint / DECISION_FILE
+    if path.is_file():
+        return float(json.loads(path.read_text())["threshold"])
+    log.info("%s has no %s (written by an older version): using config.json's threshold %.4f",
+             checkpoint, DECISION_FILE, config_threshold)
+    return config_threshold
+
+
+def complete_checkpoint(checkpoint: Path, run_dir: Path, selected: dict[str, Any]) -> None:
+    """Make `checkpoint` self-contained: the preprocessing with its fine-tuned embedders copied in, the
+    decision threshold of the selected epoch, and the model card."""
+    source = run_dir / PREPROCESS_FILE
+    if source.is_file():
+        recipe = json.loads(source.read_text())
+        embed = recipe.get("config", {}).get("embed", {})
+        for stream in ("rgb", "depth"):
+            weights = embed.get(f"{stream}_weights")
+            if weights and Path(weights).is_dir():
+                target = checkpoint / EMBEDDERS / stream
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(weights, target, ignore=shutil.ignore_patterns("training_state*"))
+                embed[f"{stream}_weights"] = f"{EMBEDDERS}/{stream}"
+        write_json_atomic(checkpoint / PREPROCESS_FILE, recipe)
+    write_json_atomic(checkpoint / DECISION_FILE, {"chosen_on": "val", **selected})
+    write_model_card(checkpoint)
+
+
+def write_model_card(checkpoint: Path, test_metrics: dict[str, Any] | None = None) -> Path:
+    """README.md from what the folder holds (and the test metrics, once evaluated)."""
+    decision = json.loads((checkpoint / DECISION_FILE).read_text())
+    config = json.loads((checkpoint / CONFIG_NAME).read_text())
+    recipe_file = checkpoint / PREPROCESS_FILE
+    recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
+    weights = recipe.get("weights", {})
+    rgb, depth = (weights.get(key) or {} for key in ("rgb", "depth_backbone"))
+    test = test_metrics or {}
+    lines = [
+        "---", "library_name: megatron-deepfake", "tags: [deepfake-detection, video-classification]", "---",
+        "# Megatron deepfake-video detector", "",
+        "Scores face videos for manipulation: RGB and depth streams of per-frame face embeddings meet in "
+        "cross-attention. Load it with `megatron predict VIDEO --run <this folder or hub id>`.", "",
+        "## Data", f"- trained on: `{decision.get('train_index', 'unknown')}` "
+        f"({decision.get('train_videos', '?')} train videos; fakes: {decision.get('fakes', 'dataset')})",
+        f"- feature models: depth `{weights.get('depth')}`, RGB `{rgb.get('weights')}`, "
+        f"depth embedder `{depth.get('weights')}`", "",
+        "## Metrics",
+        f"- validation (selection, epoch {decision.get('epoch')}): video AUC {decision.get('val_auc'):.4f}, "
+        f"balanced accuracy {decision.get('val_balanced_accuracy'):.4f} at threshold "
+        f"{decision['threshold']:.4f}",
+    ]
+    if test:
+        lines.append(f"- {test['split']} split of `{test['index']}` ({test['videos']} videos): video AUC "
+                     f"{test['auc']:.4f} (95% bootstrap interval {test['auc_low']:.3f}-"
+                     f"{test['auc_high']:.3f}), balanced accuracy {test['balanced_accuracy']:.4f}")
+    lines += [
+        "", "## Intended use and limits",
+        "- Research on face-manipulation detection, and triage of face videos for human review; not proof "
+        "that a video is authentic or manipulated.",
+        "- Trained on few identities and few manipulation methods: expect errors on unseen identities, "
+        "methods, heavy compression, profile faces and several people per frame.",
+        f"- Architecture: `{config.get('architecture', 'megatron')}`, {config.get('d_model')}-d, "
+        f"streams {config.get('streams')}, fusion {config.get('fusion')}.", "",
+    ]
+    path = checkpoint / CARD_FILE
+    path.write_text("\n".join(lines))
+    return path
+
+
+def push_to_hub(checkpoint: str | os.PathLike, repo_id: str, token: str | None = None,
+                private: bool = True) -> str:
+    """Upload a checkpoint folder to the Hugging Face hub; returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(checkpoint)
+    if not is_checkpoint(folder):
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload Megatron checkpoint")
+    return str(url)

@@ -1,0 +1,249 @@
+"""The Megatron detector: an RGB stream and a depth stream of per-frame embeddings, each a pre-norm
+transformer encoder, meeting in bidirectional cross-attention (RGB queries attend to depth, depth queries
+to RGB), pooled per stream and concatenated into a binary head (one logit: fake).
+
+Ablations share this code: `streams="rgb"` or `"depth"` keeps one stream (no cross-attention), and
+`fusion="concat"` keeps both streams but only concatenates their pooled vectors (late fusion).
+A single image is a clip of length one. Padded frames (valid == False) never change the output: they are
+masked as attention keys and left out of mean pooling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..core.registry import Registry
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class MegatronConfig:
+    rgb_dim: int = 384  # per-frame embedding sizes of the two streams; each is projected to d_model
+    depth_dim: int = 384
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 2  # self-attention encoder layers per stream
+    n_cross_layers: int = 1  # bidirectional cross-attention blocks (fusion="cross_attention")
+    ff_dim: int = 512
+    dropout: float = 0.1
+    positional: str = "learned"  # "learned" | "sinusoidal"
+    max_len: int = 64  # longest clip (frames) the positional encoding covers
+    pooling: str = "cls"  # "cls" | "mean" (masked mean over valid frames)
+    share_encoders: bool = False  # both streams use the same encoder layers (projections stay separate)
+    fusion: str = "cross_attention"  # "cross_attention" | "concat"
+    streams: str = "both"  # "both" | "rgb" | "depth"
+    num_classes: int = 1  # one logit: P(fake) = sigmoid(logit)
+    threshold: float = 0.5  # legacy: checkpoints now keep the decision threshold in decision.json
+    architecture: str = "megatron"  # named in config.json, so a loader knows which class to build
+
+    def __post_init__(self) -> None:
+        choices = {"positional": ("learned", "sinusoidal"), "pooling": ("cls", "mean"),
+                   "fusion": ("cross_attention", "concat"), "streams": ("both", "rgb", "depth")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MegatronConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MegatronConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown MegatronConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MegatronConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Named sizes, timm-style. Embedding sizes come from the embed cache, so they are not part of a name.
+MODEL_CONFIGS: Registry[dict] = Registry("model")
+MODEL_CONFIGS.update({
+    "megatron-tiny": dict(d_model=64, n_heads=2, n_layers=1, n_cross_layers=1, ff_dim=128),
+    "megatron-small": dict(d_model=128, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=256),
+    "megatron-base": dict(d_model=256, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=512),
+    "megatron-large": dict(d_model=384, n_heads=6, n_layers=4, n_cross_layers=2, ff_dim=1024),
+})
+DEFAULT_MODEL = "megatron-base"
+list_models = MODEL_CONFIGS.names
+
+
+def model_config(name: str = DEFAULT_MODEL, **overrides) -> MegatronConfig:
+    """The named configuration with `overrides` (e.g. rgb_dim, streams) applied."""
+    return MegatronConfig(**{**MODEL_CONFIGS.entry(name), **overrides})
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class StreamEmbedding(nn.Module):
+    """Projects per-frame embeddings to d_model, prepends a CLS token (pooling="cls") and adds positions."""
+
+    def __init__(self, in_dim: int, config: MegatronConfig):
+        super().__init__()
+        self.use_cls = config.pooling == "cls"
+        self.max_len = config.max_len
+        self.project = nn.Linear(in_dim, config.d_model)
+        self.cls = nn.Parameter(torch.zeros(1, 1, config.d_model)) if self.use_cls else None
+        length = config.max_len + 1  # room for the CLS token
+        if config.positional == "learned":
+            self.position = nn.Parameter(torch.randn(1, length, config.d_model) * 0.02)
+        else:
+            self.register_buffer("position", sinusoidal_table(length, config.d_model)[None], persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, frames: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if frames.shape[1] > self.max_len:
+            raise ValueError(f"clip has {frames.shape[1]} frames, more than max_len={self.max_len}")
+        tokens = self.project(frames)
+        if self.cls is not None:
+            tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+            valid = torch.cat([valid.new_ones(len(valid), 1), valid], dim=1)
+        return self.dropout(tokens + self.position[:, : tokens.shape[1]]), valid
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention with a residual connection, then a pre-norm feed-forward block."""
+
+    def __init__(self, config: MegatronConfig):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(config.d_model)
+        self.norm_context = nn.LayerNorm(config.d_model)
+        self.attention = nn.MultiheadAttention(config.d_model, config.n_heads, dropout=config.dropout,
+                                               batch_first=True)
+        self.norm_ff = nn.LayerNorm(config.d_model)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(config.d_model, config.ff_dim), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.ff_dim, config.d_model), nn.Dropout(config.dropout),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor, context_valid: torch.Tensor
+                ) -> torch.Tensor:
+        context = self.norm_context(context)
+        attended, _ = self.attention(self.norm_query(query), context, context,
+                                     key_padding_mask=~context_valid, need_weights=False)
+        query = query + self.dropout(attended)
+        return query + self.feed_forward(self.norm_ff(query))
+
+
+def encoder(config: MegatronConfig) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(config.d_model, config.n_heads, config.ff_dim, config.dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    # No nested-tensor fast path: it returns padded positions as zeros only in eval mode.
+    return nn.TransformerEncoder(layer, config.n_layers, norm=nn.LayerNorm(config.d_model),
+                                 enable_nested_tensor=False)
+
+
+class MegatronHead(nn.Module):
+    def __init__(self, config: MegatronConfig):
+        super().__init__()
+        self.config = config
+        self.stream_names = ["rgb", "depth"] if config.streams == "both" else [config.streams]
+        dims = {"rgb": config.rgb_dim, "depth": config.depth_dim}
+        self.embeddings = nn.ModuleDict({name: StreamEmbedding(dims[name], config)
+                                         for name in self.stream_names})
+        shared = encoder(config) if config.share_encoders else None
+        self.encoders = nn.ModuleDict({name: shared or encoder(config) for name in self.stream_names})
+        self.cross_layers = nn.ModuleList()
+        if config.streams == "both" and config.fusion == "cross_attention":
+            self.cross_layers = nn.ModuleList(
+                nn.ModuleDict({"rgb": CrossAttentionBlock(config), "depth": CrossAttentionBlock(config)})
+                for _ in range(config.n_cross_layers)
+            )
+        fused_dim = config.d_model * len(self.stream_names)
+        self.head = nn.Sequential(nn.LayerNorm(fused_dim), nn.Dropout(config.dropout),
+                                  nn.Linear(fused_dim, config.num_classes))
+
+    def pool(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            return tokens[:, 0]
+        weights = valid.unsqueeze(-1).to(tokens.dtype)
+        return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None, *,
+                valid: torch.Tensor) -> torch.Tensor:
+        """rgb [B, T, rgb_dim], depth [B, T, depth_dim] (either may be None if its stream is off),
+        valid bool [B, T] (False: padding; every clip needs one valid frame) -> logits [B, num_classes]."""
+        inputs = {"rgb": rgb, "depth": depth}
+        tokens, masks = {}, {}
+        for name in self.stream_names:
+            if inputs[name] is None:
+                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}) but got None")
+            embedded, masks[name] = self.embeddings[name](inputs[name], valid)
+            tokens[name] = self.encoders[name](embedded, src_key_padding_mask=~masks[name])
+        for block in self.cross_layers:
+            # Both directions read the states from before this block, so neither stream goes first.
+            tokens = {"rgb": block["rgb"](tokens["rgb"], tokens["depth"], masks["depth"]),
+                      "depth": block["depth"](tokens["depth"], tokens["rgb"], masks["rgb"])}
+        pooled = torch.cat([self.pool(tokens[name], masks[name]) for name in self.stream_names], dim=-1)
+        return self.head(pooled)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write model.safetensors and config.json (HF style) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Shared encoders appear under both stream names; safetensors refuses shared storage, so clone.
+        state = {name: tensor.detach().cpu().clone().contiguous()
+                 for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.save(directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+                        ) -> MegatronHead:
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).exists():
+                raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {name} is missing")
+        config = json.loads((directory / CONFIG_NAME).read_text())
+        architecture = config.get("architecture", "megatron")  # checkpoints before it was named: megatron
+        if HEADS.entry(architecture) is not cls:
+            raise ValueError(f"{directory} holds a {architecture!r} temporal head, not {cls.__name__}; "
+                             f"load it with load_head()")
+        model = cls(MegatronConfig.from_dict(config))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
+        return model.to(map_location)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# Temporal-head architectures by the name a checkpoint's config.json gives.
+HEADS: Registry[type[nn.Module]] = Registry("temporal head architecture")
+HEADS.register(MegatronHead, "megatron")
+
+
+def load_head(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A checkpoint's temporal head, built as the architecture its config.json names."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {CONFIG_NAME} is missing")
+    architecture = json.loads(path.read_text()).get("architecture", "megatron")
+    return HEADS.entry(architecture).from_pretrained(directory, map_location)

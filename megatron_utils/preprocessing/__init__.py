@@ -1,0 +1,1 @@
+"""The preprocessing stages: media I/O, frame sampling, faces, depth maps, embeddings."""

@@ -1,0 +1,109 @@
+"""The whole preprocessing chain: frames and faces, depth maps, then RGB and depth embeddings.
+
+Each stage keeps its own cache, so an interrupted run resumes where it stopped. The full configuration
+is written beside the embeddings (`preprocess.json`), so a model trained on them records exactly how
+its inputs were made, and `megatron predict` can rebuild the same preprocessing for a new video.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..core.cache import StageCache, StageReport, write_json_atomic
+from .depth import DepthConfig, compute_depth
+from .embed import EmbedConfig, compute_embeddings
+from .faces import FaceConfig, extract_faces
+from .frames import FramesConfig
+
+logger = logging.getLogger(__name__)
+
+PREPROCESS_FILE = "preprocess.json"
+
+
+@dataclass
+class PreprocessConfig:
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+
+    def __post_init__(self) -> None:
+        # The embedding stage lays crops out as [clips, T]; T always comes from the frames stage.
+        self.embed = replace(self.embed, frames_per_clip=self.frames.frames_per_clip)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        parts = {"frames": FramesConfig, "faces": FaceConfig, "depth": DepthConfig, "embed": EmbedConfig}
+        unknown = set(data) - set(parts)
+        if unknown:
+            raise ValueError(f"unknown preprocessing sections {sorted(unknown)}; expected {sorted(parts)}")
+        built = {}
+        for name, kind in parts.items():
+            known = {f.name for f in fields(kind)}
+            section = data.get(name, {})
+            extra = set(section) - known
+            if extra:
+                raise ValueError(f"preprocessing section {name!r} has unknown fields {sorted(extra)}")
+            built[name] = kind(**section)
+        return cls(**built)
+
+    @classmethod
+    def from_embed_cache(cls, embed_dir: str | os.PathLike) -> PreprocessConfig:
+        path = Path(embed_dir) / PREPROCESS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: these embeddings were not made by "
+                                    f"`megatron preprocess`, so how they were made is unknown")
+        return cls.from_dict(json.loads(path.read_text())["config"])
+
+
+@dataclass
+class PreprocessResult:
+    faces: StageCache
+    depth: StageCache
+    embed: StageCache
+    reports: list[StageReport]
+
+    def failures(self) -> dict[str, str]:
+        """Every item that has no embedding, with the stage and reason it failed at."""
+        failed: dict[str, str] = {}
+        for report in self.reports:
+            for item, error in report.failures.items():
+                failed.setdefault(item, f"{report.stage}: {error}")
+        return failed
+
+    def summary(self) -> str:
+        return "\n".join(report.summary() for report in self.reports)
+
+
+def preprocess(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
+               config: PreprocessConfig | None = None, force: bool = False,
+               cache_root: str | os.PathLike | None = None, workers: int | None = None) -> PreprocessResult:
+    """Run faces -> depth -> embeddings for `(video_id, path)` pairs or an index table."""
+    config = config or PreprocessConfig()
+    pairs = list(zip(items["video_id"], items["path"], strict=True)) if isinstance(items, pd.DataFrame) \
+        else [(str(video_id), str(path)) for video_id, path in items]
+    item_ids = [video_id for video_id, _ in pairs]
+    faces, faces_report = extract_faces(pairs, config.frames, config.faces, force, cache_root, workers)
+    logger.info(faces_report.summary())
+    depth, depth_report = compute_depth(faces, config.depth, force, cache_root, item_ids=item_ids)
+    logger.info(depth_report.summary())
+    embed, embed_report = compute_embeddings(faces, depth, config.embed, force, cache_root, item_ids=item_ids)
+    logger.info(embed_report.summary())
+    write_json_atomic(embed.dir / PREPROCESS_FILE, {
+        "config": config.to_dict(),
+        "caches": {"faces": str(faces.dir), "depth": str(depth.dir), "embed": str(embed.dir)},
+        "weights": {"depth": depth.config.get("weights"),
+                    "rgb": embed.config.get("rgb"), "depth_backbone": embed.config.get("depth")},
+    })
+    return PreprocessResult(faces, depth, embed, [faces_report, depth_report, embed_report])

@@ -1,0 +1,223 @@
+"""Video and image I/O through PyAV: probing, selective decoding and H.264 writing.
+
+Readers take a path or the file's bytes (`Encoded`), so a service can score an upload without writing it to
+disk. Every reader raises `MediaError`, which names the file (or the name given to the bytes) and the
+reason, so callers can record a clean failure for one bad input and move on with the batch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..core.cache import atomic_path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded video or image held in memory (an upload), with the name that messages and results use."""
+
+    data: bytes
+    name: str = "<bytes>"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the bytes hold a still image (PIL recognises its header) rather than a video."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(self.data)):
+                return True
+        except (UnidentifiedImageError, OSError):
+            return False
+
+
+Source = str | os.PathLike | Encoded  # a file on disk or its bytes
+
+
+class MediaError(RuntimeError):
+    """A video or image that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image(path: Source) -> bool:
+    return path.is_image if isinstance(path, Encoded) else Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    width: int  # as displayed, after rotation
+    height: int
+    frame_count: int  # from the container, or estimated from duration x fps when it has none
+    fps: float
+    rotation: int  # degrees counter-clockwise that the player applies
+    codec: str
+
+    @property
+    def duration(self) -> float:
+        return self.frame_count / self.fps if self.fps else 0.0
+
+
+def _check_file(path: Path | Encoded) -> None:
+    if isinstance(path, Encoded):
+        if not path.data:
+            raise MediaError(path, "no data (0 bytes)")
+        return
+    if not path.exists():
+        raise MediaError(path, "file does not exist")
+    if path.is_dir():
+        raise MediaError(path, "is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "file is empty (0 bytes)")
+
+
+def _as_source(source: Source) -> Path | Encoded:
+    return source if isinstance(source, Encoded) else Path(source)
+
+
+def _open(path: Path | Encoded) -> av.container.InputContainer:
+    _check_file(path)
+    try:
+        container = av.open(io.BytesIO(path.data) if isinstance(path, Encoded) else str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise MediaError(path, f"not a readable video ({error.__class__.__name__}: {error})") from error
+    if not container.streams.video:
+        container.close()
+        raise MediaError(path, "contains no video stream")
+    return container
+
+
+def _rotation_of(stream: av.video.stream.VideoStream, first_frame: av.VideoFrame | None) -> int:
+    if first_frame is not None and getattr(first_frame, "rotation", 0):
+        return int(first_frame.rotation) % 360
+    return int(float(stream.metadata.get("rotate", 0))) % 360 if stream.metadata.get("rotate") else 0
+
+
+def _apply_rotation(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate counter-clockwise by `rotation` degrees, as a player honouring the display matrix does."""
+    quarter_turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=quarter_turns)) if quarter_turns else image
+
+
+def probe(path: Source) -> VideoInfo:
+    """Read a video's geometry, length and rotation, decoding at most its first frame."""
+    path = _as_source(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as error:
+            raise MediaError(path, f"cannot decode the first frame ({error})") from error
+        if first is None:
+            raise MediaError(path, "video stream holds no decodable frame")
+        frames = stream.frames
+        if not frames and fps:
+            seconds = float(stream.duration * stream.time_base) if stream.duration else (
+                container.duration / av.time_base if container.duration else 0.0)
+            frames = max(1, round(seconds * fps))
+        rotation = _rotation_of(stream, first)
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(str(path), width, height, int(frames or 1), fps, rotation, stream.codec_context.name)
+
+
+def iter_frames(path: Source, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(index, RGB uint8 frame)` in decode order, converting only the wanted frames.
+
+    Decoding stops after the last wanted index. Frames are rotated as a player would show them.
+    A stream that breaks off part-way (a truncated file) ends the iteration early; callers compare
+    what they got with what they asked for.
+    """
+    path = _as_source(path)
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    if wanted is not None and not wanted:
+        return
+    wanted_set = None if wanted is None else set(wanted)
+    last = None if wanted is None else wanted[-1]
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rotation = None
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if rotation is None:
+                    rotation = _rotation_of(stream, frame)
+                if wanted_set is None or index in wanted_set:
+                    yield index, _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
+                if last is not None and index >= last:
+                    break
+        except av.error.FFmpegError:
+            return  # truncated or corrupt tail: keep what was decoded
+
+
+def read_frames(path: Source, indices: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """Decode the given frame indices; returns the indices found and an array [N, H, W, 3]."""
+    got = list(iter_frames(path, indices))
+    if not got:
+        raise MediaError(path, "no frame could be decoded")
+    return [i for i, _ in got], np.stack([f for _, f in got])
+
+
+def read_image(path: Source) -> np.ndarray:
+    """Read a still image as RGB uint8 [H, W, 3] (alpha dropped, greyscale expanded)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = _as_source(path)
+    _check_file(path)
+    try:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, Encoded) else path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise MediaError(path, f"not a readable image ({error})") from error
+
+
+def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 23,
+              preset: str = "medium", gop: int | None = None) -> Path:
+    """Encode RGB uint8 frames as H.264 (yuv420p) MP4, atomically. crf 23 is FF++'s c23 quality."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        container = av.open(str(tmp), mode="w", format="mp4")
+        stream = None
+        try:
+            for frame in frames:
+                if stream is None:
+                    height, width = frame.shape[:2]
+                    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                    stream.width, stream.height = width - width % 2, height - height % 2
+                    stream.pix_fmt = "yuv420p"
+                    options = {"crf": str(crf), "preset": preset}
+                    if gop is not None:
+                        options["g"] = str(gop)
+                    stream.options = options
+                even = np.ascontiguousarray(frame[: stream.height, : stream.width])
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")))
+            if stream is None:
+                raise ValueError(f"{path}: no frames to write")
+            container.mux(stream.encode(None))
+        finally:
+            container.close()
+    return path

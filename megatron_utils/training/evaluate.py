@@ -1,0 +1,309 @@
+"""Video-level metrics and evaluation reports.
+
+A video's score is the mean P(fake) of its clips. Metrics (scikit-learn): ROC AUC, average precision,
+EER, and at the decision threshold accuracy, balanced accuracy and F1; overall, per dataset, and per
+manipulation method (that method's fakes against all reals of the split). The threshold is the one
+`train` chose on the validation split and stored in the checkpoint's decision.json: the one maximising
+validation balanced accuracy (equivalently Youden's J = TPR - FPR on the ROC curve).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from ..core.cache import write_json_atomic
+from ..datasets import build_index, read_index, write_index
+from ..models.backbones import RANDOM_INIT_PREFIX
+from ..models.checkpoint import DECISION_FILE, decision_threshold, write_model_card
+from ..models.heads import MegatronHead, load_head
+from ..preprocessing.batching import autocast as mixed_precision
+from ..preprocessing.batching import resolve_device
+from ..preprocessing.depth import FACEMESH
+from ..preprocessing.preprocess import PreprocessConfig, preprocess
+from ..visualization.plots import plot_confusion, plot_roc, plot_training_curves
+from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["auc", "auc_low", "auc_high", "ap", "eer", "accuracy", "balanced_accuracy", "f1"]
+BOOTSTRAP_SAMPLES = 2000
+
+
+def bootstrap_auc_interval(labels: np.ndarray, probs: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC, resampling reals and fakes separately (so every
+    resample has both classes and the class balance of the data)."""
+    rng = np.random.default_rng(seed)
+    real, fake = probs[labels == 0], probs[labels == 1]
+    real_draws = real[rng.integers(0, len(real), (samples, len(real)))]
+    fake_draws = fake[rng.integers(0, len(fake), (samples, len(fake)))]
+    # Mann-Whitney: AUC = (rank sum of the fakes - n_f (n_f + 1) / 2) / (n_f n_r), ties at mean rank
+    ranks = rankdata(np.concatenate([real_draws, fake_draws], axis=1), axis=1)
+    n_real, n_fake = len(real), len(fake)
+    aucs = (ranks[:, n_real:].sum(1) - n_fake * (n_fake + 1) / 2) / (n_fake * n_real)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op on the CPU, where bf16 matmuls are slower than float32."""
+    return mixed_precision(device, torch.bfloat16 if enabled and device.type == "cuda" else torch.float32)
+
+
+@torch.no_grad()
+def clip_probabilities(model: MegatronHead, clips: ClipSet, batch_size: int = 512,
+                       amp: bool = True) -> np.ndarray:
+    """P(fake) of every clip, in the ClipSet's order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probabilities = []
+    for features, valid, _ in iterate_batches(clips, batch_size):
+        with autocast(device, amp):
+            logits = model(**features, valid=valid)
+        probabilities.append(torch.sigmoid(logits.float()[:, 0]).cpu())
+    model.train(was_training)
+    return torch.cat(probabilities).numpy()
+
+
+def video_probabilities(clips: ClipSet, clip_probs: np.ndarray) -> np.ndarray:
+    """Mean clip probability per video (rows of `clips.videos`)."""
+    video = clips.video.cpu().numpy()
+    sums = np.bincount(video, weights=clip_probs, minlength=len(clips.videos))
+    return sums / np.bincount(video, minlength=len(clips.videos))
+
+
+def equal_error_rate(labels: np.ndarray, probs: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fnr = 1 - tpr
+    crossing = int(np.argmin(np.abs(fnr - fpr)))
+    return float((fpr[crossing] + fnr[crossing]) / 2)
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold maximising balanced accuracy, (TPR + TNR) / 2, i.e. Youden's J on the ROC curve."""
+    if len(np.unique(labels)) < 2:
+        raise ValueError("choosing a threshold needs both real and fake videos")
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))  # roc_curve's first threshold is inf
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """Video-level metrics. Ranking metrics (AUC, AP, EER), balanced accuracy and F1 need both classes and
+    are NaN otherwise."""
+    predicted = (probs >= threshold).astype(np.int64)
+    metrics = {"videos": len(labels), "real": int((labels == 0).sum()), "fake": int((labels == 1).sum()),
+               **dict.fromkeys(METRIC_COLUMNS, float("nan"))}
+    metrics["accuracy"] = float(accuracy_score(labels, predicted))
+    if metrics["real"] and metrics["fake"]:
+        low, high = bootstrap_auc_interval(labels, probs)
+        metrics.update(auc=float(roc_auc_score(labels, probs)), auc_low=low, auc_high=high,
+                       ap=float(average_precision_score(labels, probs)), eer=equal_error_rate(labels, probs),
+                       balanced_accuracy=float(balanced_accuracy_score(labels, predicted)),
+                       f1=float(f1_score(labels, predicted, zero_division=0)))
+    return metrics
+
+
+def metric_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Rows: overall, each dataset, each manipulation method (its fakes against all reals)."""
+    labels = (scores["label"] == "fake").to_numpy(np.int64)
+    probs = scores["probability"].to_numpy()
+    groups = [("overall", "all", np.ones(len(scores), dtype=bool))]
+    groups += [("dataset", dataset, (scores["dataset"] == dataset).to_numpy())
+               for dataset in sorted(scores["dataset"].unique())]
+    groups += [("method", method, ((scores["method"] == method).to_numpy() & (labels == 1)) | (labels == 0))
+               for method in sorted(scores.loc[labels == 1, "method"].unique())]
+    return pd.DataFrame([{"group": group, "name": name,
+                          **binary_metrics(labels[chosen], probs[chosen], threshold)}
+                         for group, name, chosen in groups])
+
+
+def score_videos(model: MegatronHead, clips: ClipSet, batch_size: int = 512, amp: bool = True
+                 ) -> pd.DataFrame:
+    """The index rows of the clips' videos with `probability` (mean clip P(fake)) and `clips` columns."""
+    probs = clip_probabilities(model, clips, batch_size, amp)
+    scores = clips.videos.copy()
+    scores["probability"] = video_probabilities(clips, probs)
+    scores["clips"] = np.bincount(clips.video.cpu().numpy(), minlength=len(scores))
+    return scores
+
+
+@dataclass
+class Evaluation:
+    metrics: pd.DataFrame  # metric_table rows
+    scores: pd.DataFrame  # one row per video
+    out_dir: Path
+
+    def overall(self) -> dict:
+        return self.metrics.iloc[0].to_dict()
+
+
+def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = None,
+                 embed_cache_dir: str | os.PathLike | None = None, split: str | None = "test",
+                 out_dir: str | os.PathLike | None = None, checkpoint: str = "best", batch_size: int = 512,
+                 device: str = "auto") -> Evaluation:
+    """Evaluate a trained run on its own data, or (cross-dataset) on another index and embed cache without
+    retraining. Writes metrics.csv/json, scores.csv, PNG plots, report.md and report.html to `out_dir`
+    (default: <run>/eval/<index name>-<split>). `split=None`: every video of the index."""
+    run_dir = Path(run_dir)
+    run_config = json.loads((run_dir / "config.json").read_text())
+    index_path = Path(index) if index is not None else run_dir / "index.csv"
+    embed_cache_dir = Path(embed_cache_dir or run_config["data"]["embed_cache"])
+    name = f"{index_path.stem}-{split or 'all'}"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch_device = resolve_device(device)
+    model = load_head(run_dir / checkpoint, map_location=torch_device)
+    preprocessing = preprocessing_config(embed_cache_dir)
+    trained_key = run_config["preprocessing"]["key"]
+    if preprocessing["config"] != run_config["preprocessing"]["config"]:
+        log.warning("the embed cache %s (key %s) was made with other preprocessing than the run's training "
+                    "data (key %s); see the report", embed_cache_dir, preprocessing["key"], trained_key)
+    clips = load_clips(read_index(index_path), embed_cache_dir, split)
+    dims = {stream: value.shape[-1] for stream, value in clips.features.items()}
+    expected = {stream: getattr(model.config, f"{stream}_dim") for stream in model.stream_names}
+    if any(dims.get(stream) != size for stream, size in expected.items()):
+        raise ValueError(f"{embed_cache_dir} holds embeddings of sizes {dims}, but the model in "
+                         f"{run_dir / checkpoint} expects {expected}")
+    scores = score_videos(model, clips.to(torch_device), batch_size)
+    threshold = decision_threshold(run_dir / checkpoint, model.config.threshold)
+    metrics = metric_table(scores, threshold)
+    labels = (scores["label"] == "fake").to_numpy(np.int64)
+
+    scores.to_csv(out_dir / "scores.csv", index=False)
+    metrics.to_csv(out_dir / "metrics.csv", index=False)
+    provenance = {
+        "run": str(run_dir.resolve()), "checkpoint": str((run_dir / checkpoint).resolve()),
+        "model": model.config.to_dict(), "threshold": threshold, "split": split,
+        "index": str(index_path.resolve()), "embed_cache": str(embed_cache_dir.resolve()),
+        "preprocessing": preprocessing, "trained_on_preprocessing_key": trained_key,
+        "trained_on": {name: run_config["data"][name] for name in ("index", "embed_cache", "train_videos",
+                                                                   "val_videos")},
+        "missing_videos": clips.missing,
+    }
+    write_json_atomic(out_dir / "metrics.json", {**provenance, "metrics": metrics.to_dict(orient="records")})
+    plot_roc(scores, out_dir / "roc.png")
+    plot_confusion(labels, scores["probability"].to_numpy() >= threshold, out_dir / "confusion.png")
+    figures = ["roc.png", "confusion.png"]
+    if (run_dir / "history.csv").exists():
+        plot_training_curves(pd.read_csv(run_dir / "history.csv"), out_dir / "training_curves.png")
+        figures.append("training_curves.png")
+    write_reports(out_dir, provenance, metrics, figures)
+    overall = metrics.iloc[0]
+    if index is None and split == "test" and (run_dir / checkpoint / DECISION_FILE).is_file():
+        test_metrics = {**overall.to_dict(), "split": split, "index": str(index_path)}
+        write_model_card(run_dir / checkpoint, test_metrics)
+    log.info("%s split of %s: video AUC %.4f, balanced accuracy %.4f at threshold %.3f (%d videos) -> %s",
+             split, index_path, overall["auc"], overall["balanced_accuracy"], threshold, len(scores), out_dir)
+    return Evaluation(metrics=metrics, scores=scores, out_dir=out_dir)
+
+
+def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split: str | None = "test",
+                     dataset: str = "auto", cache_root: str | os.PathLike | None = None,
+                     workers: int | None = None, **options) -> Evaluation:
+    """Cross-dataset evaluation in one call: index `data` (a dataset folder, or an index file), preprocess it
+    with the run's own preprocessing (cached, so a second call only evaluates), then evaluate the run on
+    it. `split=None` evaluates every video of the index. `options` go to `evaluate_run`."""
+    run_dir, data = Path(run_dir), Path(data)
+    if data.is_file():
+        index_path, table = data, read_index(data)
+    elif data.is_dir():
+        table = build_index(data, dataset).table
+        index_path = write_index(table, run_dir / "data" / f"{data.name}.csv")
+    else:
+        raise FileNotFoundError(f"{data} is neither a dataset folder nor an index file")
+    config = PreprocessConfig.from_embed_cache(run_dir)  # the run's copy of its training preprocessing
+    result = preprocess(table, config, cache_root=cache_root, workers=workers)
+    log.info("%s preprocessed as %s was trained: %s", data, run_dir, result.summary().replace("\n", "; "))
+    return evaluate_run(run_dir, index_path, result.embed.dir, split, **options)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def feature_models(preprocessing: dict) -> str:
+    """Which networks made the embeddings, in words, with random weights called out."""
+    config, pipeline = preprocessing.get("config", {}), preprocessing.get("pipeline")
+    depth_model = pipeline["depth"]["model"] if pipeline else "unknown (not made by `megatron preprocess`)"
+    if depth_model.startswith(RANDOM_INIT_PREFIX):
+        depth_model += " (RANDOM weights: the depth maps carry no real depth information)"
+    elif depth_model == FACEMESH:
+        depth_model += " (offline provider: depth rendered from the MediaPipe face mesh fitted to each crop)"
+    tuned = {stream: pipeline["embed"].get(f"{stream}_weights") for stream in ("rgb", "depth")} if pipeline \
+        else {}
+    streams = [f"{stream} backbone {config[stream]['backbone']} ({config[stream]['weights']}"
+               + (f", fine-tuned weights {tuned[stream]})" if tuned.get(stream) else ")")
+               for stream in ("rgb", "depth") if isinstance(config.get(stream), dict)]
+    return "; ".join([f"depth model {depth_model}", *streams])
+
+
+def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figures: list[str]) -> None:
+    """report.md and report.html: the metrics, the figures, and exactly which weights and data were used."""
+    missing = provenance["missing_videos"]
+    same_preprocessing = provenance["preprocessing"]["key"] == provenance["trained_on_preprocessing_key"]
+    trained_on = provenance["trained_on"]
+    facts = [
+        ("Weights", provenance["checkpoint"]),
+        ("Trained on", f"{trained_on['index']} ({trained_on['train_videos']} train, "
+                       f"{trained_on['val_videos']} validation videos), "
+                       f"embeddings {trained_on['embed_cache']}"),
+        ("Decision threshold", f"{provenance['threshold']:.4f} (chosen on the validation split in training)"),
+        ("Index", f"{provenance['index']} (split: {provenance['split']})"),
+        ("Embed cache", f"{provenance['embed_cache']} (key {provenance['preprocessing']['key']})"),
+        ("Feature models", feature_models(provenance["preprocessing"])),
+        ("Preprocessing", "same as training" if same_preprocessing else
+         f"DIFFERENT from training (trained on key {provenance['trained_on_preprocessing_key']})"),
+        ("Videos without embeddings (skipped)", str(len(missing))),
+    ]
+    model_json = json.dumps(provenance["model"], indent=2, sort_keys=True)
+    preprocessing_json = json.dumps(provenance["preprocessing"], indent=2, sort_keys=True)
+    md = ["# Megatron evaluation", "", *[f"- **{name}:** {value}" for name, value in facts], "",
+          "## Video-level metrics", "", markdown_table(metrics), "",
+          *[f"![{name}]({name})" for name in figures], "",
+          "## Model configuration", "", "```json", model_json, "```", "",
+          "## Preprocessing (embed cache config)", "", "```json", preprocessing_json, "```", ""]
+    if missing:
+        md += ["## Skipped videos", "", *[f"- `{video}`: {why}" for video, why in missing.items()], ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+
+    escape = html.escape
+    body = ["<h1>Megatron evaluation</h1>", "<ul>",
+            *[f"<li><b>{escape(name)}:</b> {escape(value)}</li>" for name, value in facts], "</ul>",
+            "<h2>Video-level metrics</h2>", metrics.to_html(index=False, float_format="%.4f", na_rep="nan"),
+            *[f'<img src="{name}" alt="{name}" width="480">' for name in figures],
+            "<h2>Model configuration</h2>", f"<pre>{escape(model_json)}</pre>",
+            "<h2>Preprocessing (embed cache config)</h2>", f"<pre>{escape(preprocessing_json)}</pre>"]
+    if missing:
+        body += ["<h2>Skipped videos</h2>", "<ul>",
+                 *[f"<li><code>{escape(v)}</code>: {escape(why)}</li>" for v, why in missing.items()],
+                 "</ul>"]
+    (out_dir / "report.html").write_text(
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Megatron evaluation</title></head><body>\n"
+        + "\n".join(body) + "\n</body></html>\n")
+

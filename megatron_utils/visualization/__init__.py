@@ -1,0 +1,1 @@
+"""Pictures: annotated media, evaluation figures, notebook views."""

@@ -1,0 +1,124 @@
+"""Pictures of a `Prediction`: the per-frame probability timeline (PNG) and the video (H.264 MP4) or image
+with every scored face boxed and its running score written beside it.
+
+Faces are boxed red when their score is at or above the decision threshold ("fake"), green below it; the
+face that decided the verdict is drawn thicker. Between sampled frames, boxes and scores are interpolated
+linearly; a face is drawn from its first to its last scored frame.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..inference.results import FaceScore, Prediction
+from ..preprocessing.video import iter_frames, read_image, write_mp4
+
+FAKE_COLOUR = (220, 40, 40)  # RGB
+REAL_COLOUR = (40, 190, 70)
+
+
+def _require_ok(prediction: Prediction) -> None:
+    if not prediction.ok:
+        raise ValueError(f"{prediction.path} was not scored: {prediction.error}")
+
+
+def plot_timeline(prediction: Prediction, path: str | os.PathLike) -> Path:
+    """PNG: each face's per-frame probability, its windows (bars over the frames they span) and the
+    decision threshold."""
+    _require_ok(prediction)
+    figure = Figure(figsize=(8, 3.6), dpi=100)
+    axes = figure.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    for number, face in enumerate(prediction.faces):
+        colour = colours[number % len(colours)]
+        decided = face.track == prediction.face
+        axes.plot(face.frame_index, face.timeline, marker="o", markersize=3, color=colour,
+                  linewidth=2.2 if decided else 1.2,
+                  label=f"face {face.track}: {face.probability:.3f}" + (" (decides)" if decided else ""))
+        for window in face.windows:
+            axes.hlines(window.probability, window.first_frame, window.last_frame, colors=colour, alpha=0.35,
+                        linewidth=5)
+    axes.axhline(prediction.threshold, color="grey", linestyle="--", linewidth=1,
+                 label=f"threshold {prediction.threshold:.3f}")
+    last_frame = max(prediction.frame_count - 1, 1)
+    axes.set(xlim=(0, last_frame), ylim=(-0.02, 1.02), xlabel="frame", ylabel="P(fake)",
+             title=f"{Path(prediction.path).name}: {prediction.verdict} ({prediction.fake_probability:.3f})")
+    if prediction.fps:
+        seconds = axes.secondary_xaxis("top", functions=(lambda f: f / prediction.fps,
+                                                         lambda s: s * prediction.fps))
+        seconds.set_xlabel("seconds")
+    axes.legend(loc="best", fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    return path
+
+
+def _face_at(face: FaceScore, frame: int) -> tuple[np.ndarray, float] | None:
+    """The face's box and score at `frame`, interpolated between its sampled frames; None outside them."""
+    frames = face.frame_index
+    if not frames or frame < frames[0] or frame > frames[-1]:
+        return None
+    boxes = np.asarray(face.boxes)
+    box = np.array([np.interp(frame, frames, boxes[:, k]) for k in range(4)])
+    return box, float(np.interp(frame, frames, face.timeline))
+
+
+def draw_faces(image: np.ndarray, prediction: Prediction, frame: int) -> np.ndarray:
+    """A copy of `image` (RGB) with the faces present at `frame` and the verdict drawn on it."""
+    out = np.ascontiguousarray(image.copy())
+    scale = max(out.shape[0] / 720, 0.4)
+    thickness = max(1, round(2 * scale))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for face in prediction.faces:
+        found = _face_at(face, frame)
+        if found is None:
+            continue
+        box, score = found
+        colour = FAKE_COLOUR if score >= prediction.threshold else REAL_COLOUR
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        width = thickness * 2 if face.track == prediction.face else thickness
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, width)
+        label = f"face {face.track}: {score:.2f}"
+        (text_w, text_h), base = cv2.getTextSize(label, font, 0.6 * scale, thickness)
+        top = max(y0 - text_h - base - 4, 0)
+        cv2.rectangle(out, (x0, top), (x0 + text_w + 4, top + text_h + base + 4), colour, -1)
+        cv2.putText(out, label, (x0 + 2, top + text_h + 2), font, 0.6 * scale, (255, 255, 255), thickness,
+                    cv2.LINE_AA)
+    header = (f"{prediction.verdict.upper()} {prediction.fake_probability:.3f} "
+              f"(threshold {prediction.threshold:.3f})")
+    colour = FAKE_COLOUR if prediction.verdict == "fake" else REAL_COLOUR
+    (text_w, text_h), base = cv2.getTextSize(header, font, 0.7 * scale, thickness)
+    cv2.rectangle(out, (0, 0), (text_w + 12, text_h + base + 12), (0, 0, 0), -1)
+    cv2.putText(out, header, (6, text_h + 6), font, 0.7 * scale, colour, thickness, cv2.LINE_AA)
+    return out
+
+
+def annotate_video(prediction: Prediction, out_path: str | os.PathLike, crf: int = 23) -> Path:
+    """H.264 MP4 of the whole video (every decodable frame, at its frame rate) with boxes and scores."""
+    _require_ok(prediction)
+    if prediction.media != "video":
+        raise ValueError(f"{prediction.path} is an image; use annotate_image")
+
+    def frames() -> Iterator[np.ndarray]:
+        for index, frame in iter_frames(prediction.path):
+            yield draw_faces(frame, prediction, index)
+
+    return write_mp4(out_path, frames(), fps=prediction.fps or 25.0, crf=crf)
+
+
+def annotate_image(prediction: Prediction, out_path: str | os.PathLike) -> Path:
+    """The image with boxes and scores, written in the format its suffix names (e.g. .png)."""
+    _require_ok(prediction)
+    image = draw_faces(read_image(prediction.path), prediction, 0)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"{out_path}: cannot write an image in this format")
+    return out_path
