@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.cache import write_json_atomic
+from ..core.templates import render
 from ..preprocessing.preprocess import PREPROCESS_FILE
 from .backbones import hub_download
 from .heads import CONFIG_NAME, WEIGHTS_NAME
@@ -107,36 +108,10 @@ def write_model_card(checkpoint: Path, test_metrics: dict[str, Any] | None = Non
     recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
     weights = recipe.get("weights", {})
     rgb, depth = (weights.get(key) or {} for key in ("rgb", "depth_backbone"))
-    test = test_metrics or {}
-    lines = [
-        "---", "library_name: megatron-deepfake", "tags: [deepfake-detection, video-classification]", "---",
-        "# Megatron deepfake-video detector", "",
-        "Scores face videos for manipulation: RGB and depth streams of per-frame face embeddings meet in "
-        "cross-attention. Load it with `megatron predict VIDEO --run <this folder or hub id>`.", "",
-        "## Data", f"- trained on: `{decision.get('train_index', 'unknown')}` "
-        f"({decision.get('train_videos', '?')} train videos; fakes: {decision.get('fakes', 'dataset')})",
-        f"- feature models: depth `{weights.get('depth')}`, RGB `{rgb.get('weights')}`, "
-        f"depth embedder `{depth.get('weights')}`", "",
-        "## Metrics",
-        f"- validation (selection, epoch {decision.get('epoch')}): video AUC {decision.get('val_auc'):.4f}, "
-        f"balanced accuracy {decision.get('val_balanced_accuracy'):.4f} at threshold "
-        f"{decision['threshold']:.4f}",
-    ]
-    if test:
-        lines.append(f"- {test['split']} split of `{test['index']}` ({test['videos']} videos): video AUC "
-                     f"{test['auc']:.4f} (95% bootstrap interval {test['auc_low']:.3f}-"
-                     f"{test['auc_high']:.3f}), balanced accuracy {test['balanced_accuracy']:.4f}")
-    lines += [
-        "", "## Intended use and limits",
-        "- Research on face-manipulation detection, and triage of face videos for human review; not proof "
-        "that a video is authentic or manipulated.",
-        "- Trained on few identities and few manipulation methods: expect errors on unseen identities, "
-        "methods, heavy compression, profile faces and several people per frame.",
-        f"- Architecture: `{config.get('architecture', 'megatron')}`, {config.get('d_model')}-d, "
-        f"streams {config.get('streams')}, fusion {config.get('fusion')}.", "",
-    ]
+    text = render("model_card.md", decision=decision, config=config, weights=weights, rgb=rgb, depth=depth,
+                  test=test_metrics)
     path = checkpoint / CARD_FILE
-    path.write_text("\n".join(lines))
+    path.write_text(text)
     return path
 
 

@@ -10,7 +10,6 @@ validation balanced accuracy (equivalently Youden's J = TPR - FPR on the ROC cur
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from sklearn.metrics import (
 )
 
 from ..core.cache import write_json_atomic
+from ..core.templates import render
 from ..datasets import build_index, read_index, write_index
 from ..models.backbones import RANDOM_INIT_PREFIX
 from ..models.checkpoint import DECISION_FILE, decision_threshold, write_model_card
@@ -238,15 +238,6 @@ def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split:
     return evaluate_run(run_dir, index_path, result.embed.dir, split, **options)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def feature_models(preprocessing: dict) -> str:
     """Which networks made the embeddings, in words, with random weights called out."""
     config, pipeline = preprocessing.get("config", {}), preprocessing.get("pipeline")
@@ -281,29 +272,13 @@ def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figure
          f"DIFFERENT from training (trained on key {provenance['trained_on_preprocessing_key']})"),
         ("Videos without embeddings (skipped)", str(len(missing))),
     ]
-    model_json = json.dumps(provenance["model"], indent=2, sort_keys=True)
-    preprocessing_json = json.dumps(provenance["preprocessing"], indent=2, sort_keys=True)
-    md = ["# Megatron evaluation", "", *[f"- **{name}:** {value}" for name, value in facts], "",
-          "## Video-level metrics", "", markdown_table(metrics), "",
-          *[f"![{name}]({name})" for name in figures], "",
-          "## Model configuration", "", "```json", model_json, "```", "",
-          "## Preprocessing (embed cache config)", "", "```json", preprocessing_json, "```", ""]
-    if missing:
-        md += ["## Skipped videos", "", *[f"- `{video}`: {why}" for video, why in missing.items()], ""]
-    (out_dir / "report.md").write_text("\n".join(md))
-
-    escape = html.escape
-    body = ["<h1>Megatron evaluation</h1>", "<ul>",
-            *[f"<li><b>{escape(name)}:</b> {escape(value)}</li>" for name, value in facts], "</ul>",
-            "<h2>Video-level metrics</h2>", metrics.to_html(index=False, float_format="%.4f", na_rep="nan"),
-            *[f'<img src="{name}" alt="{name}" width="480">' for name in figures],
-            "<h2>Model configuration</h2>", f"<pre>{escape(model_json)}</pre>",
-            "<h2>Preprocessing (embed cache config)</h2>", f"<pre>{escape(preprocessing_json)}</pre>"]
-    if missing:
-        body += ["<h2>Skipped videos</h2>", "<ul>",
-                 *[f"<li><code>{escape(v)}</code>: {escape(why)}</li>" for v, why in missing.items()],
-                 "</ul>"]
-    (out_dir / "report.html").write_text(
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Megatron evaluation</title></head><body>\n"
-        + "\n".join(body) + "\n</body></html>\n")
+    context = {
+        "facts": facts, "columns": list(metrics.columns), "figures": figures, "missing": missing,
+        "rows": [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+                 for row in metrics.itertuples(index=False)],
+        "model_json": json.dumps(provenance["model"], indent=2, sort_keys=True),
+        "preprocessing_json": json.dumps(provenance["preprocessing"], indent=2, sort_keys=True),
+    }
+    for name in ("report.md", "report.html"):
+        (out_dir / name).write_text(render(name, **context))
 
