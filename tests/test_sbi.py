@@ -13,7 +13,7 @@ from feature_inputs import face_detector
 from megatron_utils.datasets.mini.contact_sheet import sheet_size
 from megatron_utils.preprocessing.faces import FaceConfig, box_in_crop, square_crop
 from megatron_utils.preprocessing.landmarks import BROWS, JAW, OUTER_FACE, fit_landmarks
-from megatron_utils.preprocessing.video import read_image
+from megatron_utils.preprocessing.video import h264_roundtrip, read_image
 from megatron_utils.training.sbi import (
     AugmentConfig,
     SBIConfig,
@@ -135,7 +135,7 @@ def test_unusable_landmarks_raise(faces, landmarks, problem):
         self_blend(crop, landmarks, np.random.default_rng(0))
 
 
-NONE = AugmentConfig(flip_p=0, colour_p=0, blur_p=0, downscale_p=0, noise_p=0, jpeg_p=0)
+NONE = AugmentConfig(flip_p=0, colour_p=0, blur_p=0, downscale_p=0, noise_p=0, jpeg_p=0, h264_p=0)
 
 
 def test_augment_keeps_shape_and_each_op_acts(faces):
@@ -150,6 +150,20 @@ def test_augment_keeps_shape_and_each_op_acts(faces):
     assert np.abs(jpeg.astype(np.float32) - crop).mean() > 1.0
     lighter = augment(crop, np.random.default_rng(0), replace(NONE, jpeg_p=1, jpeg_quality=(95, 95)))
     assert np.abs(lighter.astype(np.float32) - crop).mean() < np.abs(jpeg.astype(np.float32) - crop).mean()
+
+
+def test_h264_recompression_degrades_with_the_quantiser_and_keeps_images_apart(faces):
+    crop, _ = faces[3]
+    error = {qp: np.abs(augment(crop, np.random.default_rng(0), replace(NONE, h264_p=1, h264_qp=(qp, qp)))
+                         .astype(np.float32) - crop).mean() for qp in (18, 30, 40)}
+    assert 0.5 < error[18] < error[30] < error[40], error
+    # All-intra: an image's round trip does not depend on the images encoded before it.
+    other, _ = faces[0]
+    first = h264_roundtrip(crop, 30)
+    h264_roundtrip(other, 30)
+    np.testing.assert_array_equal(h264_roundtrip(crop, 30), first)
+    odd = h264_roundtrip(crop[:63, :61], 30)  # yuv420p needs even sides: padded, then cut back
+    assert odd.shape == (63, 61, 3)
 
 
 def test_contact_sheet_is_a_png_with_a_row_per_usable_crop(faces, tmp_path):

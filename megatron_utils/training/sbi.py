@@ -22,6 +22,7 @@ import numpy as np
 from ..core.cache import atomic_path
 from ..datasets.mini.contact_sheet import CELL, HEADER, ROW_LABEL, _text, sheet_size
 from ..preprocessing.landmarks import BROWS, JAW, N_LANDMARKS, OUTER_FACE
+from ..preprocessing.video import h264_roundtrip
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class AugmentConfig:
     noise_sigma: tuple[float, float] = (2.0, 8.0)  # grey levels
     jpeg_p: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 95)
+    h264_p: float = 0.3  # video compression (one intra frame), instead of JPEG when both are drawn
+    h264_qp: tuple[int, int] = (18, 40)  # x264 quantiser; FF++'s c23 and c40 are crf 23 and 40
 
 
 # Landmarks and mask -----------------------------------------------------------------------------------
@@ -218,8 +221,8 @@ def self_blend(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
 
 # Real-world augmentation ------------------------------------------------------------------------------
 def augment(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig | None = None) -> np.ndarray:
-    """`image` (uint8 [H, W, 3]) flipped, colour-jittered, blurred, rescaled, noised and JPEG-recompressed,
-    each with its own probability; uint8 of the same shape."""
+    """`image` (uint8 [H, W, 3]) flipped, colour-jittered, blurred, rescaled, noised, and recompressed as
+    H.264 or JPEG, each with its own probability; uint8 of the same shape."""
     config = config or AugmentConfig()
     _checked_image(image)
     out = image.astype(np.float32)
@@ -236,7 +239,10 @@ def augment(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig |
         out = _downscale(out, rng.uniform(*config.downscale))
     if rng.random() < config.noise_p:
         out = out + rng.normal(0.0, rng.uniform(*config.noise_sigma), out.shape).astype(np.float32)
-    if rng.random() < config.jpeg_p:
+    if rng.random() < config.h264_p:
+        qp = rng.integers(config.h264_qp[0], config.h264_qp[1], endpoint=True)
+        out = h264_roundtrip(_to_uint8(out), qp).astype(np.float32)
+    elif rng.random() < config.jpeg_p:
         out = _jpeg(out, rng.integers(config.jpeg_quality[0], config.jpeg_quality[1], endpoint=True))
     return _to_uint8(out)
 
