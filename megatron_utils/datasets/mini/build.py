@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ...core.assets import ASSETS
+from ...core.assets import ASSETS, fetch_many
 from ...core.cache import FAILED, OK, StageCache, file_fingerprint, stable_hash, write_json_atomic
 from ...preprocessing.video import MediaError, write_mp4
 from .contact_sheet import MAX_ROWS, SheetRow, write_contact_sheet
@@ -36,7 +36,8 @@ from .splits import SPLITS, FakeSpec, plan_splits
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when rendering or manipulation code changes the videos
+# Bumped when rendering or manipulation code changes the videos. 2: boxes from the faces stage's dlib_boxes.
+BUILD_VERSION = 2
 ORIGINALS_DIR = Path("original_sequences/youtube/c23/videos")
 MANIFEST = "mini_manifest.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -236,6 +237,7 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
     log.info("mini %s (seed %d): sources %s; landmarks %s", preset, seed, ", ".join(config.sources),
              ASSETS["dlib_landmarks_68"].member)
 
+    fetch_many([*config.sources, "dlib_landmarks_68"])  # downloads in parallel, before the CPU work
     clips, skipped = discover_clips(config, seed)
     log.info("mini %s: %d clips planned in %.1fs", preset, len(clips), time.perf_counter() - started)
     with _pool(config.workers) as pool:
