@@ -1,3 +1,4 @@
+import re
 import struct
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from megatron_utils.preprocessing.frames import FramesConfig, sample_indices, sample_video
-from megatron_utils.preprocessing.video import probe, read_frames, read_image, write_mp4
+from megatron_utils.preprocessing.video import MediaError, probe, read_frames, read_image, write_mp4
 
 # The track header matrix a phone writes for a portrait recording: stored frames are the scene turned
 # 90 degrees counter-clockwise, and players turn them 90 degrees clockwise (ffprobe: "rotate 90").
@@ -82,6 +83,36 @@ def test_still_image_is_a_one_frame_video(asset):
     assert video.clips == [[0]] and video.info.frame_count == 1
     ((index, frame),) = list(video.frames())
     assert index == 0 and frame.shape == (512, 512, 3)
+
+
+def test_bytes_and_decoded_frames_sample_like_the_file(asset):
+    """An upload's bytes and frames decoded by the caller give the same clips and pixels as the file."""
+    path = asset("single_face_video")
+    config = FramesConfig(frames_per_clip=8, clips_per_video=2)
+    from_file = sample_video(path, config)
+    from_bytes = sample_video(Path(path).read_bytes(), config, name="upload.mp4")
+    _, all_frames = read_frames(path, range(from_file.info.frame_count))
+    from_frames = sample_video(all_frames, config, name="frames")
+    assert (from_bytes.name, from_frames.name) == ("upload.mp4", "frames")
+    expected = dict(from_file.frames())
+    for other in (from_bytes, from_frames):
+        assert other.clips == from_file.clips and other.info.frame_count == 72
+        got = dict(other.frames())
+        assert sorted(got) == sorted(expected)
+        assert all(np.array_equal(got[i], expected[i]) for i in expected)
+    photo = sample_video(Path(asset("grace_hopper")).read_bytes(), config)
+    assert photo.clips == [[0]] and photo.info.codec == "image" and photo.name == "<bytes>"
+    array_photo = sample_video(read_image(asset("grace_hopper")), config)
+    assert array_photo.clips == [[0]] and array_photo.info.codec == "image" and array_photo.name == "<frames>"
+
+
+@pytest.mark.parametrize("media, reason", [
+    (b"", "no data"), (b"not a video at all", "not a readable video"),
+    (np.zeros((4, 8, 8, 3), np.float32), "uint8"), (np.zeros((8, 8), np.uint8), "[N, H, W, 3]"),
+])
+def test_bad_bytes_or_arrays_fail_with_their_name_and_reason(media, reason):
+    with pytest.raises(MediaError, match=r"^upload: .*" + re.escape(reason)):
+        sample_video(media, FramesConfig(), name="upload")
 
 
 def test_rotated_phone_video_is_decoded_upright(asset, tmp_path):

@@ -108,7 +108,7 @@ def test_video_predictions_are_complete_and_identical_twice(detector, tiny_run):
     assert not detector.model.training
 
 
-def test_bytes_and_decoded_frames_score_like_the_file(detector, tiny_run):
+def test_bytes_and_decoded_frames_score_like_the_file(detector, tiny_run, tmp_path):
     """A service scores an upload's bytes or frames it decoded itself, without a temporary file."""
     _, table, _ = tiny_run
     path = Path(video_of(table, "fake"))
@@ -122,6 +122,12 @@ def test_bytes_and_decoded_frames_score_like_the_file(detector, tiny_run):
         assert other.fake_probability == pytest.approx(from_file.fake_probability, abs=1e-6)
         assert [w.probability for w in other.faces[0].windows] == pytest.approx(
             [w.probability for w in from_file.faces[0].windows], abs=1e-6)
+    assert (from_file.source, from_bytes.source, from_frames.source) == ("file", "bytes", "frames")
+    # Annotating needs the scored media again: a name alone is not a file to read.
+    with pytest.raises(ValueError, match="scored from bytes"):
+        annotate_video(from_bytes, tmp_path / "upload.mp4")
+    annotated = annotate_video(from_frames, tmp_path / "frames.mp4", media=frames)
+    assert probe(annotated).frame_count == len(frames)
     broken = detector(b"not a video", name="junk.bin")
     assert broken.status == "failed" and broken.error.startswith("junk.bin: ")
     wrong = detector(frames.astype(np.float32), name="floats")

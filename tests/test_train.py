@@ -1,6 +1,7 @@
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +12,7 @@ from megatron_utils.core.cache import FAILED, StageCache
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.models.heads import MegatronHead, model_config
 from megatron_utils.training import train as train_module
-from megatron_utils.training.clips import Augmentation, augment, load_clips
+from megatron_utils.training.clips import Augmentation, augment, entry_streams, load_clips
 from megatron_utils.training.train import TrainConfig, ablation_table, learning_rate, resume, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -200,3 +201,14 @@ def test_cli_trains_a_run(synthetic, tmp_path, monkeypatch, capsys):
     assert "only --epochs may change" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "cli"), "--epochs", "2"]) == 0
     assert list(pd.read_csv(tmp_path / "cli" / "history.csv")["epoch"]) == [1, 2]
+
+
+def test_entry_streams_are_the_entry_tensors_aligned_with_valid():
+    valid = np.ones((2, 8), bool)
+    entry = {"rgb": np.zeros((2, 8, 4), np.float16), "depth": np.zeros((2, 8, 3), np.float16),
+             "audio": np.zeros((2, 8, 5), np.float16), "valid": valid, "track": np.zeros(2, np.int32)}
+    assert entry_streams(entry) == ["audio", "depth", "rgb"]  # a third stream needs no code here
+    with pytest.raises(ValueError, match="disagree with valid"):
+        entry_streams({**entry, "depth": np.zeros((2, 7, 3), np.float16)})
+    with pytest.raises(ValueError, match="valid"):
+        entry_streams({"rgb": entry["rgb"]})

@@ -244,7 +244,10 @@ def fetch_many(names: list[str]) -> dict[str, Path]:
     assets of one distribution share its archive, so they are fetched one after another."""
     by_distribution: dict[str, list[str]] = {}
     for name in dict.fromkeys(names):
-        by_distribution.setdefault(ASSETS[name].distribution if name in ASSETS else name, []).append(name)
+        distribution = ASSETS[name].distribution if name in ASSETS else name
+        # Every Debian package in one group: two apt-get runs at once would fight over apt's lock.
+        group = "deb:" if distribution.startswith("deb:") else distribution
+        by_distribution.setdefault(group, []).append(name)
     with ThreadPoolExecutor(max_workers=min(8, len(by_distribution) or 1)) as pool:
         groups = pool.map(lambda group: {name: fetch(name) for name in group}, by_distribution.values())
         return {name: path for group in groups for name, path in group.items()}

@@ -46,9 +46,9 @@ from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
 from ..preprocessing.faces import FaceDetector, VideoFaces, track_faces
-from ..preprocessing.frames import FramesConfig, Media, sample_video
+from ..preprocessing.frames import FramesConfig, Media, media_name, media_source, sample_video
 from ..preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig
-from ..preprocessing.video import Encoded, MediaError
+from ..preprocessing.video import MediaError
 from ..training.evaluate import autocast
 from ..visualization.annotate import annotate_image, annotate_video, plot_timeline
 from .results import FAILED, OK, FaceScore, Prediction, WindowScore
@@ -167,8 +167,6 @@ class Detector:
         """Decode the run's own frame sampling (more clips when asked) and crop every tracked face.
 
         `media` is a path, an `Encoded` upload or decoded RGB frames; `name` names bytes or an array."""
-        if isinstance(media, bytes):
-            media = Encoded(media, name or "<bytes>")
         video = sample_video(media, self.frames, name)
         if video.info.codec != "image" and video.info.frame_count < self.config.min_frames:
             raise MediaError(video.name, f"video too short: {video.info.frame_count} frame(s), scoring "
@@ -191,27 +189,27 @@ class Detector:
         timings["classify"] = time.perf_counter() - tic
         return faces
 
-    def postprocess(self, video: VideoFaces, faces: list[FaceScore], timings: dict[str, float]) -> Prediction:
+    def postprocess(self, video: VideoFaces, faces: list[FaceScore], timings: dict[str, float],
+                    source: str = "file") -> Prediction:
         """The verdict of the most fake-looking face under the run's threshold, with every face's timeline."""
         if not faces:
             raise MediaError(video.path, "no face has crops in at least half of the frames of any clip")
         best = max(faces, key=lambda face: face.probability)
         first = video.clips[0]
-        still = video.frame_count == 1  # a one-frame video is refused as too short in preprocess
+        still = video.still
         step = None if still else max(1, round(float(np.diff(first).mean()))) if len(first) > 1 else 1
         return Prediction(
             video.path, OK, fake_probability=best.probability,
             verdict="fake" if best.probability >= self.threshold else "real", threshold=self.threshold,
             face=best.track, face_box=best.boxes[0], faces=faces, frames_used=video.frames_decoded,
             sample_every=step, frame_count=video.frame_count, fps=video.fps,
-            media="image" if still else "video", weights=self.weights,
+            media="image" if still else "video", source=source, weights=self.weights,
             timings={name: round(seconds, 4) for name, seconds in timings.items()})
 
     def predict(self, media: Media, name: str | None = None) -> Prediction:
-        """Score one video or image (a path, its bytes, or decoded frames); any failure becomes a record
-        with status "failed" and the reason, so one bad input never stops a batch."""
-        label = name or (str(media) if isinstance(media, str | os.PathLike | Encoded) else
-                         "<bytes>" if isinstance(media, bytes) else "<array>")
+        """Score one video or image (a path, its bytes, or decoded frames, which `name` names); any failure
+        becomes a record with status "failed" and the reason, so one bad input never stops a batch."""
+        label, source = media_name(media, name), media_source(media)
         try:
             timings: dict[str, float] = {}
             started = time.perf_counter()
@@ -219,13 +217,14 @@ class Detector:
             timings["decode_faces"] = time.perf_counter() - started
             faces = self.forward(video, timings)
             timings["total"] = time.perf_counter() - started
-            return self.postprocess(video, faces, timings)
+            return self.postprocess(video, faces, timings, source)
         except MediaError as error:
-            return Prediction(label, FAILED, error=str(error), threshold=self.threshold, weights=self.weights)
+            return Prediction(label, FAILED, error=str(error), threshold=self.threshold, weights=self.weights,
+                              source=source)
         except Exception as error:  # noqa: BLE001 - one bad file never stops a batch
             logger.debug("predict %s failed", label, exc_info=True)
             return Prediction(label, FAILED, error=f"{label}: {type(error).__name__}: {error}",
-                              threshold=self.threshold, weights=self.weights)
+                              threshold=self.threshold, weights=self.weights, source=source)
 
     __call__ = predict
 

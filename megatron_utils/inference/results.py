@@ -44,6 +44,7 @@ class Prediction:
     frame_count: int = 0
     fps: float = 0.0
     media: str | None = None  # "video" or "image"
+    source: str = "file"  # what was scored: "file" (`path` is it), "bytes" or "frames" (`path` is a name)
     weights: dict[str, str] = field(default_factory=dict)  # checkpoint, depth model, backbones, in words
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode_faces, depth, embed, ...
 

@@ -1,4 +1,4 @@
-"""The Megatron detector: an RGB stream and a depth stream of per-frame embeddings, each a pre-norm
+"""The Megatron temporal head: an RGB stream and a depth stream of per-frame embeddings, each a pre-norm
 transformer encoder, meeting in bidirectional cross-attention (RGB queries attend to depth, depth queries
 to RGB), pooled per stream and concatenated into a binary head (one logit: fake).
 

@@ -1,10 +1,10 @@
 """Stage 2: detect, track and crop faces in the sampled frames of each video.
 
-`extract_video_faces` handles one video (or still image) and needs no cache, so `predict` can call it
-directly. `extract_faces` runs it over a batch in a process pool and stores one `faces` cache entry per
-video. A frame with no detection borrows its box from the nearest detected frames of the same person
-(at most `max_gap` frames away) instead of losing the clip; frames that cannot be filled are dropped
-and their reason is recorded.
+`extract_video_faces` handles one video (or still image) and needs no cache; `predict` calls its second
+half, `track_faces`, on media it has sampled itself. `extract_faces` runs it over a batch in a process
+pool and stores one `faces` cache entry per video. A frame with no detection borrows its box from the nearest
+detected frames of the same person (at most `max_gap` frames away) instead of losing the clip; frames that
+cannot be filled are dropped and their reason is recorded.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ class FaceTrack:
 
 @dataclass
 class VideoFaces:
-    """Everything `extract_video_faces` found in one video."""
+    """Everything `track_faces` found in one video."""
 
     path: str
     width: int
@@ -308,6 +308,7 @@ class VideoFaces:
     tracks: list[FaceTrack]  # largest (summed face area) first
     detectors_used: dict[str, int]  # detector name -> frames whose faces it found
     frames_decoded: int
+    still: bool = False  # a photo (a one-frame video file is refused or scored as a video)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The `faces` cache entry: all tracks concatenated, `track` telling them apart."""
@@ -407,7 +408,7 @@ def track_faces(video: SampledVideo, face_config: FaceConfig, detector: FaceDete
         ))
     info = video.info
     return VideoFaces(str(path), info.width, info.height, info.rotation, info.fps, info.frame_count,
-                      video.clips, results, detectors_used, len(decoded))
+                      video.clips, results, detectors_used, len(decoded), still=info.codec == "image")
 
 
 # Batch with the stage cache ---------------------------------------------------------------------------

@@ -71,7 +71,34 @@ def sample_indices(frame_count: int, config: FramesConfig) -> list[list[int]]:
     return unique
 
 
-Media = Source | np.ndarray  # a file, its bytes, or decoded RGB uint8 frames ([H, W, 3] or [N, H, W, 3])
+# A file, its bytes, or decoded RGB uint8 frames ([H, W, 3] for a photo, [N, H, W, 3] for a video).
+Media = Source | bytes | np.ndarray
+
+
+def media_source(media: Media) -> str:
+    """What kind of media was given: "file", "bytes" or "frames"."""
+    if isinstance(media, np.ndarray):
+        return "frames"
+    return "bytes" if isinstance(media, bytes | bytearray | memoryview | Encoded) else "file"
+
+
+def media_name(media: Media, name: str | None = None) -> str:
+    """How messages and results name the media: the path, the name given to an upload or to frames, or
+    "<bytes>" / "<frames>"; `name` is not used for a path, which names itself."""
+    if isinstance(media, Encoded):
+        return media.name
+    if media_source(media) == "file":
+        return str(media)
+    return name or f"<{media_source(media)}>"
+
+
+def normalized(media: Media, name: str | None = None) -> Path | Encoded | np.ndarray:
+    """The media as a path, an `Encoded` upload, or checked frames [N, H, W, 3]."""
+    if isinstance(media, np.ndarray):
+        return decoded_frames(media, media_name(media, name))
+    if isinstance(media, bytes | bytearray | memoryview):
+        return Encoded(bytes(media), media_name(media, name))
+    return media if isinstance(media, Encoded) else Path(media)
 
 
 def decoded_frames(frames: np.ndarray, name: str) -> np.ndarray:
@@ -84,7 +111,8 @@ def decoded_frames(frames: np.ndarray, name: str) -> np.ndarray:
 
 @dataclass
 class SampledVideo:
-    """A video (or still image, as a one-frame video) with its sampled clips, not yet decoded."""
+    """A video (or still image, as a one-frame video) with its sampled clips; a file or bytes are decoded
+    only when `frames` is called."""
 
     source: Path | Encoded | None  # None when the frames came decoded
     info: VideoInfo  # info.path names the media in messages and results
@@ -111,15 +139,14 @@ class SampledVideo:
 def sample_video(media: Media, config: FramesConfig, name: str | None = None) -> SampledVideo:
     """Probe a video (or read a still image) and choose its clips; raises `MediaError` on bad input.
 
-    `media` is a path, an `Encoded` upload, or decoded frames; `name` names an array in messages."""
-    if isinstance(media, np.ndarray):
-        name = name or "<array>"
-        frames = decoded_frames(media, name)
+    `media` is a path, its bytes (or an `Encoded` upload), or decoded frames; `name` names bytes or frames
+    in messages and results."""
+    source = normalized(media, name)
+    if isinstance(source, np.ndarray):
         still = media.ndim == 3
-        info = VideoInfo(name, frames.shape[2], frames.shape[1], len(frames), 0.0, 0,
-                         "image" if still else "array")
-        return SampledVideo(None, info, [[0]] if still else sample_indices(len(frames), config), frames)
-    source = media if isinstance(media, Encoded) else Path(media)
+        info = VideoInfo(media_name(media, name), source.shape[2], source.shape[1], len(source), 0.0, 0,
+                         "image" if still else "frames")
+        return SampledVideo(None, info, [[0]] if still else sample_indices(len(source), config), source)
     if is_image(source):
         image = read_image(source)
         info = VideoInfo(str(source), image.shape[1], image.shape[0], 1, 0.0, 0, "image")

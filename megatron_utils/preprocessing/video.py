@@ -11,7 +11,7 @@ import functools
 import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,7 +28,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 class Encoded:
     """An encoded video or image held in memory (an upload), with the name that messages and results use."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     name: str = "<bytes>"
 
     def __str__(self) -> str:
@@ -36,14 +36,18 @@ class Encoded:
 
     @property
     def is_image(self) -> bool:
-        """Whether the bytes hold a still image (PIL recognises its header) rather than a video."""
+        """Whether the bytes hold a still image (PIL reads one frame) rather than a video; an animated
+        GIF is a video, as it is when read from a file."""
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(self.data)):
-                return True
+            with Image.open(io.BytesIO(self.data)) as image:
+                return getattr(image, "n_frames", 1) == 1
         except (UnidentifiedImageError, OSError):
             return False
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
 
 
 Source = str | os.PathLike | Encoded  # a file on disk or its bytes
@@ -101,7 +105,7 @@ def _as_source(source: Source) -> Path | Encoded:
 def _open(path: Path | Encoded) -> av.container.InputContainer:
     _check_file(path)
     try:
-        container = av.open(io.BytesIO(path.data) if isinstance(path, Encoded) else str(path))
+        container = av.open(path.open() if isinstance(path, Encoded) else str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise MediaError(path, f"not a readable video ({error.__class__.__name__}: {error})") from error
     if not container.streams.video:
@@ -190,7 +194,7 @@ def read_image(path: Source) -> np.ndarray:
     path = _as_source(path)
     _check_file(path)
     try:
-        with Image.open(io.BytesIO(path.data) if isinstance(path, Encoded) else path) as image:
+        with Image.open(path.open() if isinstance(path, Encoded) else path) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         raise MediaError(path, f"not a readable image ({error})") from error
@@ -226,9 +230,10 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
 
 @functools.lru_cache(maxsize=64)
 def _intra_h264(width: int, height: int, qp: int) -> tuple[av.CodecContext, av.CodecContext]:
-    """An all-intra, zero-latency, constant-quantiser x264 encoder and its decoder, kept open: opening one
-    costs ~15 ms, an image through an open one ~2 ms. Every frame is a keyframe at a fixed quantiser (no
-    rate control carrying over), so an image's round trip never depends on the images before it."""
+    """An all-intra, zero-latency, constant-quantiser x264 encoder and its decoder, kept open per process (not
+    shared between threads): opening one costs ~15 ms, an image through an open one ~2 ms. Every frame is a
+    keyframe at a fixed quantiser (no rate control carrying over), so an image's round trip never depends on
+    the images before it."""
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     encoder.options = {"qp": str(qp), "preset": "veryfast", "tune": "zerolatency", "threads": "1",
@@ -248,5 +253,6 @@ def h264_roundtrip(image: np.ndarray, qp: int) -> np.ndarray:
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(even), format="rgb24").reformat(format="yuv420p")
     decoded = [out for packet in encoder.encode(frame) for out in decoder.decode(packet)]
     if len(decoded) != 1:
+        _intra_h264.cache_clear()  # never keep a pair in a broken state
         raise RuntimeError(f"H.264 round trip gave {len(decoded)} frames for one")
     return decoded[0].to_ndarray(format="rgb24")[:height, :width]

@@ -81,7 +81,7 @@ class AugmentConfig:
     noise_sigma: tuple[float, float] = (2.0, 8.0)  # grey levels
     jpeg_p: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 95)
-    h264_p: float = 0.3  # video compression (one intra frame), instead of JPEG when both are drawn
+    h264_p: float = 0.3  # video compression (one intra frame); JPEG (jpeg_p) is drawn only when it is not
     h264_qp: tuple[int, int] = (18, 40)  # x264 quantiser; FF++'s c23 and c40 are crf 23 and 40
 
 
@@ -221,8 +221,9 @@ def self_blend(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
 
 # Real-world augmentation ------------------------------------------------------------------------------
 def augment(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig | None = None) -> np.ndarray:
-    """`image` (uint8 [H, W, 3]) flipped, colour-jittered, blurred, rescaled, noised, and recompressed as
-    H.264 or JPEG, each with its own probability; uint8 of the same shape."""
+    """`image` (uint8 [H, W, 3]) flipped, colour-jittered, blurred, rescaled, noised, each with its own
+    probability, then recompressed once: as H.264 with probability h264_p, else as JPEG with jpeg_p (so
+    JPEG overall (1 - h264_p) x jpeg_p); uint8 of the same shape."""
     config = config or AugmentConfig()
     _checked_image(image)
     out = image.astype(np.float32)

@@ -190,6 +190,13 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     seen = training_index(index_table, embed_cache_dir, train_cfg.fakes, train_cfg.seed)
     train_clips = load_clips(seen, embed_cache_dir, "train").to(device)
     val_clips = load_clips(seen, embed_cache_dir, "val").to(device)
+    if train_clips.streams != val_clips.streams:
+        raise ValueError(f"the train and val embeddings hold different streams: {train_clips.streams} and "
+                         f"{val_clips.streams}")
+    unknown = [stream for stream in train_clips.streams if not hasattr(model_cfg, f"{stream}_dim")]
+    if unknown:
+        raise ValueError(f"the embed cache holds stream(s) {unknown} that the {model_cfg.architecture!r} "
+                         f"head has no input for (no {[f'{s}_dim' for s in unknown]} in its config)")
     # The head's input sizes come from the cache: one `<stream>_dim` per stream it holds.
     model_cfg = replace(model_cfg, **{f"{stream}_dim": value.shape[-1]
                                       for stream, value in train_clips.features.items()},

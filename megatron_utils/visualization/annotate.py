@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..inference.results import FaceScore, Prediction
+from ..preprocessing.frames import Media, normalized
 from ..preprocessing.video import iter_frames, read_image, write_mp4
 
 FAKE_COLOUR = (220, 40, 40)  # RGB
@@ -100,23 +101,38 @@ def draw_faces(image: np.ndarray, prediction: Prediction, frame: int) -> np.ndar
     return out
 
 
-def annotate_video(prediction: Prediction, out_path: str | os.PathLike, crf: int = 23) -> Path:
-    """H.264 MP4 of the whole video (every decodable frame, at its frame rate) with boxes and scores."""
+def _scored_media(prediction: Prediction, media: Media | None) -> Media:
+    """What was scored: the file `prediction.path`, or the bytes or frames the caller gives again."""
+    if media is not None:
+        return media
+    if prediction.source != "file":
+        raise ValueError(f"{prediction.path} was scored from {prediction.source}, not a file: pass the same "
+                         f"{prediction.source} as `media` to annotate it")
+    return prediction.path
+
+
+def annotate_video(prediction: Prediction, out_path: str | os.PathLike, crf: int = 23,
+                   media: Media | None = None) -> Path:
+    """H.264 MP4 of the whole video (every decodable frame, at its frame rate) with boxes and scores;
+    `media` is the bytes or frames that were scored, when they were not a file."""
     _require_ok(prediction)
     if prediction.media != "video":
         raise ValueError(f"{prediction.path} is an image; use annotate_image")
+    source = normalized(_scored_media(prediction, media), prediction.path)
 
     def frames() -> Iterator[np.ndarray]:
-        for index, frame in iter_frames(prediction.path):
+        for index, frame in enumerate(source) if isinstance(source, np.ndarray) else iter_frames(source):
             yield draw_faces(frame, prediction, index)
 
     return write_mp4(out_path, frames(), fps=prediction.fps or 25.0, crf=crf)
 
 
-def annotate_image(prediction: Prediction, out_path: str | os.PathLike) -> Path:
-    """The image with boxes and scores, written in the format its suffix names (e.g. .png)."""
+def annotate_image(prediction: Prediction, out_path: str | os.PathLike, media: Media | None = None) -> Path:
+    """The image with boxes and scores, written in the format its suffix names (e.g. .png); `media` is the
+    bytes or array that were scored, when they were not a file."""
     _require_ok(prediction)
-    image = draw_faces(read_image(prediction.path), prediction, 0)
+    source = normalized(_scored_media(prediction, media), prediction.path)
+    image = draw_faces(source[0] if isinstance(source, np.ndarray) else read_image(source), prediction, 0)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
