@@ -41,7 +41,7 @@ class Encoded:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(self.data)) as image:
+            with Image.open(self.open()) as image:
                 return getattr(image, "n_frames", 1) == 1
         except (UnidentifiedImageError, OSError):
             return False
