@@ -45,3 +45,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_mini):
+    """A megatron-tiny run on the tiny mini dataset (see tests/tiny_run.py): (run, index table, embed dir)."""
+    from tiny_run import train_tiny_run
+
+    return train_tiny_run(tiny_mini[0], tmp_path_factory.mktemp("tiny-run"))

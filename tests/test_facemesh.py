@@ -80,3 +80,13 @@ def test_face_presence_score(mesh: FaceMeshDepth, crops: np.ndarray) -> None:
     faces = mesh.detect(crops).score
     others = mesh.detect(np.concatenate([grey, noise])).score
     assert faces.min() > 0.9 and others.max() < 0.1
+
+
+def test_threads_sharing_one_mesh_get_the_same_landmarks(mesh: FaceMeshDepth, crops: np.ndarray) -> None:
+    # one TFLite interpreter per thread: two threads in one interpreter overwrite each other's tensors
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = mesh.landmarks(crops)
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda crop: mesh.landmarks(crop[None])[0], list(crops) * 4))
+    np.testing.assert_array_equal(np.stack(found), np.concatenate([expected] * 4))

@@ -1,6 +1,5 @@
-"""`megatron predict` on a tiny run trained in this module: real mini-dataset videos preprocessed with tiny
-models (random-init Depth Anything, `tiny_random` backbones, 64 px crops, T = 8), then real and broken media
-scored through the Python API and the CLI."""
+"""`megatron predict` on the session's tiny run (tests/tiny_run.py: real mini-dataset videos preprocessed
+with tiny models, 64 px crops, T = 8), scoring real and broken media through the Python API and the CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_run import STRIDE, T, video_of
 
 from megatron_utils.cli import main
-from megatron_utils.datasets import build_index, write_index
 from megatron_utils.inference.predict import (
     Detector,
     Prediction,
@@ -26,19 +25,13 @@ from megatron_utils.inference.predict import (
     write_csv,
     write_jsonl,
 )
-from megatron_utils.models.heads import MegatronHead, model_config
-from megatron_utils.preprocessing.depth import DepthConfig
-from megatron_utils.preprocessing.embed import EmbedConfig
-from megatron_utils.preprocessing.faces import FaceConfig
-from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.models.heads import MegatronHead
 from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
 from megatron_utils.preprocessing.video import iter_frames, probe, read_frames, read_image, write_mp4
 from megatron_utils.training.clips import load_clips
 from megatron_utils.training.evaluate import clip_probabilities
-from megatron_utils.training.train import TrainConfig, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-T, STRIDE = 8, 5  # training clips: frames 0, 5, ..., 35 of each 40-frame mini video
 FAST = {"clips_per_video": 2}  # 40-frame videos: windows of frames 0, 5, ..., 35 and 4, 9, ..., 39
 
 
@@ -46,33 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_mini):
-    """A megatron-tiny run trained 3 epochs on 12 real and fake videos of the `tiny` mini dataset."""
-    root = tmp_path_factory.mktemp("predict")
-    table = build_index(tiny_mini[0]).table
-    table = table[table["split"].isin(["train", "val"])]
-    table = table.groupby(["split", "label"]).head(3).reset_index(drop=True)
-    write_index(table, root / "index.csv")
-    config = PreprocessConfig(
-        frames=FramesConfig(frames_per_clip=T, sampling="consecutive", stride=STRIDE),
-        faces=FaceConfig(crop_size=64, min_faces=4),
-        depth=DepthConfig(model="random-init:depth-anything-tiny", output_size=64),
-        embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
-    )
-    result = preprocess(table, config, cache_root=root / "cache", workers=0)
-    assert not result.failures()
-    run = train(root / "index.csv", result.embed.dir, TrainConfig(epochs=3, batch_size=4, lr=2e-3),
-                model_config("megatron-tiny"), root / "run")
-    return run, table, result.embed.dir
-
-
-@pytest.fixture(scope="module")
 def detector(tiny_run):
     return Detector.from_pretrained(tiny_run[0], **FAST)
-
-
-def video_of(table, label):
-    return table.loc[table["label"] == label, "path"].iloc[0]
 
 
 def check_record(prediction: Prediction):

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -206,15 +206,20 @@ class Detector:
             media="image" if still else "video", source=source, weights=self.weights,
             timings={name: round(seconds, 4) for name, seconds in timings.items()})
 
-    def predict(self, media: Media, name: str | None = None) -> Prediction:
+    def predict(self, media: Media, name: str | None = None,
+                progress: Callable[[str], None] | None = None) -> Prediction:
         """Score one video or image (a path, its bytes, or decoded frames, which `name` names); any failure
-        becomes a record with status "failed" and the reason, so one bad input never stops a batch."""
+        becomes a record with status "failed" and the reason, so one bad input never stops a batch.
+        `progress` is told each step as it starts: "preprocess", then "forward"."""
         label, source = media_name(media, name), media_source(media)
+        report = progress or (lambda step: None)
         try:
             timings: dict[str, float] = {}
             started = time.perf_counter()
+            report("preprocess")
             video = self.preprocess(media, name)
             timings["decode_faces"] = time.perf_counter() - started
+            report("forward")
             faces = self.forward(video, timings)
             timings["total"] = time.perf_counter() - started
             return self.postprocess(video, faces, timings, source)

@@ -18,6 +18,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from ..core.assets import ASSETS, describe, fetch
+from ..core.threads import per_thread
 
 MODEL_ASSET = "facemesh_landmarks"
 TOPOLOGY_ASSET = "facemesh_connections"
@@ -123,25 +124,32 @@ class FaceMeshDepth:
         fans = [np.stack([np.full(len(loop), vertex_count + k), loop, np.roll(loop, -1)], axis=1)
                 for k, loop in enumerate(self._holes)]
         self._triangles = np.concatenate([triangles, *fans]).astype(np.int64)
-        # one thread: a 192 px network gains little from more, and callers may run a process per core
-        self._interpreter = Interpreter(model_path=str(fetch(MODEL_ASSET)), num_threads=1)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        outputs = {int(np.prod(d["shape"])): d["index"] for d in self._interpreter.get_output_details()}
+        self._interpreter = per_thread(self._new_interpreter)
+        interpreter = self._interpreter()
+        self._input = interpreter.get_input_details()[0]["index"]
+        outputs = {int(np.prod(d["shape"])): d["index"] for d in interpreter.get_output_details()}
         self._points_output, self._score_output = outputs[vertex_count * 3], outputs[1]
+
+    @staticmethod
+    def _new_interpreter() -> Interpreter:
+        # one thread: a 192 px network gains little from more, and callers may run a process per core
+        interpreter = Interpreter(model_path=str(fetch(MODEL_ASSET)), num_threads=1)
+        interpreter.allocate_tensors()
+        return interpreter
 
     def detect(self, crops: np.ndarray) -> FaceMesh:
         """Mesh vertices and face-presence score of every crop (see `FaceMesh`)."""
         count, side = len(crops), crops.shape[1]
         points, logit = np.zeros((count, self._vertex_count, 3), np.float32), np.zeros(count, np.float32)
         interpolation = cv2.INTER_AREA if side > INPUT_SIZE else cv2.INTER_LINEAR
+        interpreter = self._interpreter()
         for i, crop in enumerate(crops):
             pixels = cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
             # MediaPipe feeds this network RGB floats in [0, 1]
-            self._interpreter.set_tensor(self._input, (pixels[None] / np.float32(255)).astype(np.float32))
-            self._interpreter.invoke()
-            points[i] = self._interpreter.get_tensor(self._points_output).reshape(-1, 3)
-            logit[i] = self._interpreter.get_tensor(self._score_output).item()
+            interpreter.set_tensor(self._input, (pixels[None] / np.float32(255)).astype(np.float32))
+            interpreter.invoke()
+            points[i] = interpreter.get_tensor(self._points_output).reshape(-1, 3)
+            logit[i] = interpreter.get_tensor(self._score_output).item()
         score = np.exp(-np.logaddexp(0, -logit)).astype(np.float32)  # sigmoid without overflow
         return FaceMesh(points * np.float32(side / INPUT_SIZE), score)
 

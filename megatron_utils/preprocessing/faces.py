@@ -9,7 +9,6 @@ cannot be filled are dropped and their reason is recorded.
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import os
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from ..core.cache import FAILED, StageCache, StageReport, file_fingerprint
 from ..core.registry import Registry
+from ..core.threads import per_thread
 from .frames import FramesConfig, Media, SampledVideo, sample_video
 from .landmarks import fit_landmarks
 from .video import MediaError
@@ -80,11 +80,13 @@ def create_detector(name: str, config: FaceConfig) -> DetectFn:
     return DETECTORS.entry(name)(config)
 
 
-@functools.cache
-def _hog_detector() -> Any:
+def _new_hog_detector() -> Any:
     import dlib
 
     return dlib.get_frontal_face_detector()
+
+
+_hog_detector = per_thread(_new_hog_detector)
 
 
 def dlib_boxes(image: np.ndarray, upsample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,14 +125,20 @@ HAAR_TO_HOG_SHIFT_DOWN = 0.11
 def opencv_haar(config: FaceConfig) -> DetectFn:
     """OpenCV's frontal-face Haar cascade (shipped in `cv2.data`), boxes mapped to dlib HOG's convention."""
     cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-    cascade = cv2.CascadeClassifier(cascade_path)
-    if cascade.empty():
-        raise RuntimeError(f"cannot load the Haar cascade {cascade_path}")
+
+    def load() -> cv2.CascadeClassifier:
+        cascade = cv2.CascadeClassifier(cascade_path)
+        if cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade {cascade_path}")
+        return cascade
+
+    cascade = per_thread(load)
+    cascade()  # a missing cascade fails here, not on the first frame
 
     def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        rects, _, weights = cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24),
-                                                      outputRejectLevels=True)
+        rects, _, weights = cascade().detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=5,
+                                                        minSize=(24, 24), outputRejectLevels=True)
         rects = np.asarray(rects, np.float32).reshape(-1, 4)
         side = rects[:, 2] * HAAR_TO_HOG_SCALE
         cx = rects[:, 0] + rects[:, 2] / 2

@@ -7,12 +7,11 @@ pixels later stages see.
 
 from __future__ import annotations
 
-import functools
-
 import dlib
 import numpy as np
 
 from ..core.assets import fetch
+from ..core.threads import per_thread
 
 N_LANDMARKS = 68
 # The 68-point layout's regions, used to build blending masks.
@@ -22,9 +21,14 @@ OUTER_FACE = np.arange(0, 27)  # jaw + brows: the face outline
 MOUTH = np.arange(48, 60)
 
 
-@functools.cache
+_predictors = per_thread(dict)  # asset -> dlib.shape_predictor of this thread
+
+
 def _predictor(asset: str) -> dlib.shape_predictor:
-    return dlib.shape_predictor(str(fetch(asset)))
+    predictors = _predictors()
+    if asset not in predictors:
+        predictors[asset] = dlib.shape_predictor(str(fetch(asset)))
+    return predictors[asset]
 
 
 def fit_landmarks(image: np.ndarray, box: np.ndarray | tuple[float, ...],

@@ -1,0 +1,56 @@
+"""`megatron serve`: the web page and JSON API (FastAPI under uvicorn) that score uploads with a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..serve.config import API_KEY_ENV, ServeConfig
+
+EPILOG = f"""\
+The page is at http://HOST:PORT/ and the API's documentation at /docs. Without --api-key (or ${API_KEY_ENV})
+the service binds only a loopback address unless --insecure is given. Uploads are checked by their content
+and refused with a 4xx and the reason when they break a limit."""
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..serve.app import create_app
+
+    config = ServeConfig(
+        run=args.run, checkpoint=args.checkpoint, host=args.host, port=args.port, workers=args.workers,
+        queue_size=args.queue, max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_duration_s=args.max_duration, max_side=args.max_side, result_ttl_s=args.ttl * 60,
+        work_dir=args.work_dir, api_key=args.api_key, insecure=args.insecure, annotate=not args.no_annotate,
+        device=args.device)
+    config.check_exposure()
+    print(f"serving {config.checkpoint_path} on http://{config.host}:{config.port}/ (API docs: /docs)")
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    defaults = ServeConfig(run="")
+    parser = commands.add_parser("serve", help="web page and JSON API that score uploaded videos",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run folder of `megatron "
+                        "train`, or a checkpoint folder")
+    parser.add_argument("--checkpoint", help="checkpoint folder inside the run (default: best)")
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="jobs scored at once, sharing "
+                        "one loaded model")
+    parser.add_argument("--queue", type=int, default=defaults.queue_size, help="jobs waiting beyond those; "
+                        "more get 429 with Retry-After")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20)
+    parser.add_argument("--max-duration", type=float, default=defaults.max_duration_s, metavar="SECONDS")
+    parser.add_argument("--max-side", type=int, default=defaults.max_side, metavar="PIXELS")
+    parser.add_argument("--ttl", type=float, default=defaults.result_ttl_s / 60, metavar="MINUTES",
+                        help="results are deleted this long after their job finished")
+    parser.add_argument("--work-dir", type=Path, help="uploads and results (default: a temporary folder)")
+    parser.add_argument("--api-key", help=f"require this key in header X-API-Key (default: ${API_KEY_ENV})")
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
+    parser.add_argument("--no-annotate", action="store_true", help="skip the annotated copy and timeline")
+    parser.add_argument("--device", default=defaults.device)
+    parser.set_defaults(handler=run)

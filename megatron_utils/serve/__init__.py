@@ -1,0 +1,12 @@
+"""`megatron serve`: a web service and page that score uploaded videos and images with a trained run.
+
+- `config.py`  `ServeConfig`: the run, the address, the worker pool and every limit.
+- `uploads.py` receiving an upload (streamed to disk, never held in memory) and checking it by its content.
+- `jobs.py`    the job store and the bounded worker pool that shares one loaded `Detector`.
+- `app.py`     the FastAPI app: JSON API, job files, the page.
+- `client.py`  a small client for the API and the loopback load test.
+"""
+
+from .config import ServeConfig
+
+__all__ = ["ServeConfig"]
