@@ -253,7 +253,10 @@ def test_hostile_uploads_get_a_4xx_with_the_reason_and_the_service_stays_healthy
         detail = response.json().get("detail", "")
         outcomes[name] = (response.status_code, detail)
         assert response.status_code == status and reason in detail, (name, response.status_code, detail)
+        assert str(client.app.state.jobs.work_dir) not in detail  # never the server's paths
     assert len(outcomes) >= 20
+    print("\n| upload | status | reason |\n|---|---|---|")
+    print("\n".join(f"| {name} | {status} | {detail} |" for name, (status, detail) in outcomes.items()))
     # No job and no folder was kept for a refused upload, and the service still scores.
     assert set(client.app.state.jobs.jobs) == jobs_before
     assert {folder.name for folder in client.app.state.jobs.work_dir.iterdir()} == jobs_before

@@ -106,11 +106,14 @@ def test_the_page_in_headless_chromium(server, tiny_run, tmp_path):
             assert page.locator("#history li").count() == 1
             assert video.name in page.inner_text("#history")
             page.screenshot(path=str(screenshot), full_page=True)
-            # A phone-sized window: nothing wider than the screen.
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.goto(base)
-            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
-            assert phone.is_visible("label[for=file]")
+            # The result in a phone-sized window, weights and timings open: nothing wider than the screen.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.click("details summary")
+            assert page.is_visible("#details dd")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            right = page.evaluate("document.querySelector('#annotated-video').getBoundingClientRect().right")
+            assert right <= 390
+            assert page.is_visible("label[for=file]")
             assert errors == []
         finally:
             browser.close()

@@ -121,7 +121,8 @@ async def receive_upload(headers: dict[str, str], body: AsyncIterator[bytes], ta
         if filename is None:
             return  # a plain form field: ignored
         if field != b"file":
-            fail(UploadRejected(400, f"unexpected file field {field!r}; send the file in field 'file'"))
+            shown = (field or b"").decode("utf-8", errors="replace")
+            fail(UploadRejected(400, f"unexpected file field {shown!r}; send the file in field 'file'"))
             return
         state["files"] += 1
         if state["files"] > 1:
@@ -225,7 +226,8 @@ def inspect_video(path: Path, size: int, config: ServeConfig) -> UploadInfo:
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
-        raise UploadRejected(422, f"the video cannot be read: truncated or corrupt ({error})") from error
+        reason = getattr(error, "strerror", None) or type(error).__name__  # its str() names the stored path
+        raise UploadRejected(422, f"the video cannot be read: truncated or corrupt ({reason})") from error
     with container:
         demuxers = set(container.format.name.split(","))
         if not demuxers & DEMUXERS:
@@ -256,8 +258,11 @@ def inspect_upload(path: Path, config: ServeConfig) -> tuple[UploadInfo, Path]:
     """Check a received upload by its content; returns its info and its path renamed to the sniffed suffix
     (the pipeline tells images from videos by suffix)."""
     size = path.stat().st_size
-    kind, suffix = sniff(path)
-    info = (inspect_image if kind == "image" else inspect_video)(path, size, config)
+    try:
+        kind, suffix = sniff(path)
+        info = (inspect_image if kind == "image" else inspect_video)(path, size, config)
+    except UploadRejected as error:
+        raise UploadRejected(error.status, error.reason.replace(str(path), "the upload")) from error
     typed = path.with_suffix(suffix)
     os.replace(path, typed)
     return info, typed
