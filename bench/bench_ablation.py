@@ -27,8 +27,9 @@ from common import REPO, print_table, write_results
 from megatron_utils.datasets import read_index, write_index
 from megatron_utils.models.heads import MegatronConfig
 from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
+from megatron_utils.training.compare import ABLATIONS
 from megatron_utils.training.evaluate import evaluate_run
-from megatron_utils.training.train import ABLATIONS, TrainConfig, train
+from megatron_utils.training.train import TrainConfig, train
 
 
 def embed_caches(run: Path, index: Path, realfakes: Path) -> dict[str, tuple[Path, Path]]:

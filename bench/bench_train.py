@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megatron_utils.datasets import read_index  # noqa: E402
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache  # noqa: E402
 from megatron_utils.models.heads import DEFAULT_MODEL, list_models, model_config  # noqa: E402
-from megatron_utils.training.train import TrainConfig, ablation_table, train  # noqa: E402
+from megatron_utils.training.compare import ablation_table  # noqa: E402
+from megatron_utils.training.train import TrainConfig, train  # noqa: E402
 
 FFPP_SIZED = SyntheticEmbedConfig(identities=288, clips=5, frames=32, rgb_dim=384, depth_dim=384, seed=0,
                                   methods=("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"))

@@ -3,15 +3,19 @@ import json
 import pytest
 import torch
 
+from megatron_utils.models.baselines import FrameHead, LSTMHead
 from megatron_utils.models.heads import (
     MODEL_CONFIGS,
     MegatronConfig,
     MegatronHead,
+    TemporalHead,
+    create_head,
     list_models,
+    load_head,
     model_config,
 )
 
-VARIANTS = {
+MEGATRON = {
     "cross_attention": {},
     "mean_pooling": {"pooling": "mean"},
     "shared_encoders": {"share_encoders": True},
@@ -20,11 +24,21 @@ VARIANTS = {
     "depth_only": {"streams": "depth"},
     "sinusoidal": {"positional": "sinusoidal", "pooling": "mean", "n_cross_layers": 2},
 }
+BASELINES = {  # variant -> (registered model, overrides)
+    "lstm": ("lstm", {}),
+    "lstm_last_state": ("lstm", {"pooling": "last"}),
+    "lstm_one_way_two_layers": ("lstm", {"bidirectional": False, "n_layers": 2}),
+    "lstm_rgb_only": ("lstm", {"streams": "rgb"}),
+    "frame_mean": ("frame-cnn", {}),
+    "frame_max": ("frame-cnn", {"pooling": "max"}),
+    "frame_depth_only": ("frame-cnn", {"streams": "depth"}),
+}
+VARIANTS = {**{name: ("megatron-tiny", overrides) for name, overrides in MEGATRON.items()}, **BASELINES}
 
 
-def tiny(**overrides) -> MegatronHead:
+def tiny(model: str = "megatron-tiny", overrides: dict | None = None) -> TemporalHead:
     torch.manual_seed(0)
-    return MegatronHead(model_config("megatron-tiny", rgb_dim=12, depth_dim=7, **overrides)).eval()
+    return create_head(model_config(model, rgb_dim=12, depth_dim=7, **(overrides or {}))).eval()
 
 
 def clip_batch(batch: int = 3, frames: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,7 +50,7 @@ def clip_batch(batch: int = 3, frames: int = 6) -> tuple[torch.Tensor, torch.Ten
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_padded_frames_do_not_change_the_output(variant):
-    model = tiny(**VARIANTS[variant])
+    model = tiny(*VARIANTS[variant])
     rgb, depth, valid = clip_batch()
     short = model(rgb[:, :4], depth[:, :4], valid=valid[:, :4])
     assert short.shape == (3, 1) and torch.isfinite(short).all()
@@ -49,8 +63,9 @@ def test_padded_frames_do_not_change_the_output(variant):
     assert not torch.allclose(model(rgb, depth, valid=torch.ones_like(valid)), short, atol=1e-3)
 
 
-def test_clips_of_different_lengths_in_one_batch_match_their_own_outputs():
-    model = tiny()
+@pytest.mark.parametrize("variant", ["cross_attention", "lstm", "frame_mean", "frame_max"])
+def test_clips_of_different_lengths_in_one_batch_match_their_own_outputs(variant):
+    model = tiny(*VARIANTS[variant])
     rgb, depth, valid = clip_batch()
     valid[0, 2:] = False  # clip 0 has two frames, clip 1 five, clip 2 all six
     valid[1, 5:] = False
@@ -63,20 +78,22 @@ def test_clips_of_different_lengths_in_one_batch_match_their_own_outputs():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_single_image_is_a_clip_of_length_one(variant):
-    model = tiny(**VARIANTS[variant])
+    model = tiny(*VARIANTS[variant])
     rgb, depth, valid = clip_batch(batch=2, frames=1)
     logits = model(rgb, depth, valid=valid)
     assert logits.shape == (2, 1) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("variant", ["cross_attention", "shared_encoders", "depth_only"])
+@pytest.mark.parametrize("variant", ["cross_attention", "shared_encoders", "depth_only", "lstm_last_state",
+                                     "frame_max"])
 def test_save_and_from_pretrained_give_identical_outputs(tmp_path, variant):
-    model = tiny(**VARIANTS[variant])
+    model = tiny(*VARIANTS[variant])
     model.config.threshold = 0.37
     rgb, depth, valid = clip_batch()
     model.save_pretrained(tmp_path / "checkpoint")
     assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = MegatronHead.from_pretrained(tmp_path / "checkpoint").eval()
+    loaded = load_head(tmp_path / "checkpoint").eval()
+    assert type(loaded) is type(model)
     assert loaded.config == model.config and loaded.config.threshold == 0.37
     torch.testing.assert_close(loaded(rgb, depth, valid=valid), model(rgb, depth, valid=valid),
                                rtol=0, atol=0)
@@ -91,7 +108,7 @@ def test_from_pretrained_names_what_is_missing(tmp_path):
 
 
 def test_ablations_change_the_architecture():
-    full, concat, rgb_only, shared = (tiny(**VARIANTS[v]) for v in
+    full, concat, rgb_only, shared = (tiny(*VARIANTS[v]) for v in
                                       ("cross_attention", "concat", "rgb_only", "shared_encoders"))
     assert len(full.cross_layers) == 1 and len(concat.cross_layers) == 0
     assert list(rgb_only.embeddings) == ["rgb"]
@@ -117,3 +134,35 @@ def test_config_round_trip_registry_and_validation(tmp_path):
     with pytest.raises(ValueError, match="more than max_len"):
         rgb, depth, valid = clip_batch()
         MegatronHead(MegatronConfig(rgb_dim=12, depth_dim=7, max_len=4))(rgb, depth, valid=valid)
+
+
+def test_frame_dropout_holes_are_masked_out_like_padding():
+    # Training drops frames from the middle of a clip: the baselines must ignore holes, not just tails.
+    for variant in ("lstm", "frame_mean", "frame_max"):
+        model = tiny(*VARIANTS[variant])
+        rgb, depth, valid = clip_batch()
+        keep = [0, 2, 3, 5]
+        compact = model(rgb[:, keep], depth[:, keep], valid=valid[:, keep])
+        valid[:, [1, 4]] = False
+        rgb[:, [1, 4]], depth[:, [1, 4]] = 1e3, -1e3
+        torch.testing.assert_close(model(rgb, depth, valid=valid), compact, rtol=1e-5, atol=1e-5)
+
+
+def test_baselines_are_what_their_names_say():
+    lstm, frame, frame_max = (tiny(*VARIANTS[v]) for v in ("lstm", "frame_mean", "frame_max"))
+    assert isinstance(lstm, LSTMHead) and lstm.lstms["rgb"].bidirectional
+    assert isinstance(frame, FrameHead) and frame.num_parameters() == (12 + 7) * 3 + 1  # norm + linear
+    rgb, depth, valid = clip_batch()
+    # The frame head's clip P(fake) is the mean of its frames' (mean pooling) or the top frame's (max).
+    frame_p = torch.sigmoid(frame.frame_logits(rgb, depth))[..., 0]
+    torch.testing.assert_close(torch.sigmoid(frame(rgb, depth, valid=valid))[:, 0], frame_p.mean(1))
+    torch.testing.assert_close(frame_max(rgb, depth, valid=valid)[:, 0],
+                               frame_max.frame_logits(rgb, depth)[..., 0].amax(1))
+    # The order of frames matters to the LSTM, and not to the per-frame classifier.
+    reverse = torch.arange(5, -1, -1)
+    backwards = {"rgb": rgb[:, reverse], "depth": depth[:, reverse], "valid": valid}
+    assert not torch.allclose(lstm(**backwards), lstm(rgb, depth, valid=valid))
+    torch.testing.assert_close(frame(**backwards), frame(rgb, depth, valid=valid))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        model_config("frame-cnn", pooling="cls")
+    assert {"lstm", "frame-cnn", "megatron-base"} <= set(list_models())

@@ -9,8 +9,8 @@ import logging
 import sys
 
 # One module per command group; each defines `register(subparsers)`.
-COMMAND_MODULES = ["data", "extract", "features", "finetune", "preprocess", "train", "predict", "serve",
-                   "demo"]
+COMMAND_MODULES = ["data", "extract", "features", "finetune", "preprocess", "train", "compare", "predict",
+                   "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     for name, kind in MODEL_OPTIONS.items():
         choices = {"streams": ["both", "rgb", "depth"], "fusion": ["cross_attention", "concat"],
-                   "pooling": ["cls", "mean"], "positional": ["learned", "sinusoidal"]}.get(name)
+                   "pooling": ["cls", "mean", "last", "max"],
+                   "positional": ["learned", "sinusoidal"]}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices)
     parser.set_defaults(handler=run_train)
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..core.cache import atomic_path
 from ..models.checkpoint import decision_threshold, load_recipe, resolve_checkpoint
-from ..models.heads import MegatronHead, load_head
+from ..models.heads import TemporalHead, load_head
 from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
@@ -100,7 +100,7 @@ def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Emb
 class Detector:
     """A trained run ready to score new media; build it with `Detector.from_pretrained`."""
 
-    def __init__(self, model: MegatronHead, preprocessing: PreprocessConfig, config: PredictConfig,
+    def __init__(self, model: TemporalHead, preprocessing: PreprocessConfig, config: PredictConfig,
                  checkpoint: Path, device: torch.device):
         self.model = model.eval()
         self.preprocessing = preprocessing

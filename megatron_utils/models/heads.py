@@ -2,6 +2,11 @@
 transformer encoder, meeting in bidirectional cross-attention (RGB queries attend to depth, depth queries
 to RGB), pooled per stream and concatenated into a binary head (one logit: fake).
 
+Every temporal head (this one and the baselines of `baselines.py`: an LSTM and a per-frame classifier) is a
+`TemporalHead`: one `MegatronConfig`, whose `architecture` names the class in the `HEADS` registry, the
+same forward signature and the same HF-style folder (config.json + model.safetensors), so training,
+evaluation and prediction take any of them unchanged.
+
 Ablations share this code: `streams="rgb"` or `"depth"` keeps one stream (no cross-attention), and
 `fusion="concat"` keeps both streams but only concatenates their pooled vectors (late fusion).
 A single image is a clip of length one. Padded frames (valid == False) never change the output: they are
@@ -38,16 +43,18 @@ class MegatronConfig:
     dropout: float = 0.1
     positional: str = "learned"  # "learned" | "sinusoidal"
     max_len: int = 64  # longest clip (frames) the positional encoding covers
-    pooling: str = "cls"  # "cls" | "mean" (masked mean over valid frames)
+    pooling: str = "cls"  # megatron: "cls" | "mean"; lstm: "mean" | "last"; frame: "mean" | "max"
     share_encoders: bool = False  # both streams use the same encoder layers (projections stay separate)
     fusion: str = "cross_attention"  # "cross_attention" | "concat"
     streams: str = "both"  # "both" | "rgb" | "depth"
     num_classes: int = 1  # one logit: P(fake) = sigmoid(logit)
     threshold: float = 0.5  # legacy: checkpoints now keep the decision threshold in decision.json
+    bidirectional: bool = True  # lstm: read the clip both ways
     architecture: str = "megatron"  # named in config.json, so a loader knows which class to build
 
     def __post_init__(self) -> None:
-        choices = {"positional": ("learned", "sinusoidal"), "pooling": ("cls", "mean"),
+        poolings = POOLINGS.get(self.architecture, ("cls", "mean"))
+        choices = {"positional": ("learned", "sinusoidal"), "pooling": poolings,
                    "fusion": ("cross_attention", "concat"), "streams": ("both", "rgb", "depth")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -75,6 +82,8 @@ class MegatronConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+POOLINGS = {"megatron": ("cls", "mean"), "lstm": ("mean", "last"), "frame": ("mean", "max")}
+
 # Named sizes, timm-style. Embedding sizes come from the embed cache, so they are not part of a name.
 MODEL_CONFIGS: Registry[dict] = Registry("model")
 MODEL_CONFIGS.update({
@@ -82,6 +91,11 @@ MODEL_CONFIGS.update({
     "megatron-small": dict(d_model=128, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=256),
     "megatron-base": dict(d_model=256, n_heads=4, n_layers=2, n_cross_layers=1, ff_dim=512),
     "megatron-large": dict(d_model=384, n_heads=6, n_layers=4, n_cross_layers=2, ff_dim=1024),
+    # The DFDC-era design: an image network's per-frame features, a bidirectional LSTM over time.
+    "lstm": dict(architecture="lstm", d_model=128, n_layers=1, pooling="mean"),
+    # No temporal model: a linear classifier per frame, the clip's score the mean of its frames' (the
+    # ResNet/Xception frame-classifier baseline of FF++ papers, on the cached embeddings).
+    "frame-cnn": dict(architecture="frame", pooling="mean"),
 })
 DEFAULT_MODEL = "megatron-base"
 list_models = MODEL_CONFIGS.names
@@ -160,12 +174,60 @@ def encoder(config: MegatronConfig) -> nn.TransformerEncoder:
                                  enable_nested_tensor=False)
 
 
-class MegatronHead(nn.Module):
+class TemporalHead(nn.Module):
+    """What every temporal head shares: its config, the streams it reads, the HF-style folder.
+
+    forward(rgb [B, T, rgb_dim] | None, depth [B, T, depth_dim] | None, *, valid bool [B, T]) -> logits
+    [B, num_classes]; padded frames (valid False) never change the output."""
+
     def __init__(self, config: MegatronConfig):
         super().__init__()
         self.config = config
         self.stream_names = ["rgb", "depth"] if config.streams == "both" else [config.streams]
-        dims = {"rgb": config.rgb_dim, "depth": config.depth_dim}
+        self.dims = {"rgb": config.rgb_dim, "depth": config.depth_dim}
+
+    def stream_inputs(self, rgb: torch.Tensor | None, depth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        inputs = {"rgb": rgb, "depth": depth}
+        for name in self.stream_names:
+            if inputs[name] is None:
+                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}) but got None")
+        return {name: inputs[name] for name in self.stream_names}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write model.safetensors and config.json (HF style) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Shared encoders appear under both stream names; safetensors refuses shared storage, so clone.
+        state = {name: tensor.detach().cpu().clone().contiguous()
+                 for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.config.save(directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+                        ) -> TemporalHead:
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).exists():
+                raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {name} is missing")
+        config = json.loads((directory / CONFIG_NAME).read_text())
+        architecture = config.get("architecture", "megatron")  # checkpoints before it was named: megatron
+        if HEADS.entry(architecture) is not cls:
+            raise ValueError(f"{directory} holds a {architecture!r} temporal head, not {cls.__name__}; "
+                             f"load it with load_head()")
+        model = cls(MegatronConfig.from_dict(config))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
+        return model.to(map_location)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class MegatronHead(TemporalHead):
+    def __init__(self, config: MegatronConfig):
+        super().__init__(config)
+        dims = self.dims
         self.embeddings = nn.ModuleDict({name: StreamEmbedding(dims[name], config)
                                          for name in self.stream_names})
         shared = encoder(config) if config.share_encoders else None
@@ -190,11 +252,9 @@ class MegatronHead(nn.Module):
                 valid: torch.Tensor) -> torch.Tensor:
         """rgb [B, T, rgb_dim], depth [B, T, depth_dim] (either may be None if its stream is off),
         valid bool [B, T] (False: padding; every clip needs one valid frame) -> logits [B, num_classes]."""
-        inputs = {"rgb": rgb, "depth": depth}
+        inputs = self.stream_inputs(rgb, depth)
         tokens, masks = {}, {}
         for name in self.stream_names:
-            if inputs[name] is None:
-                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}) but got None")
             embedded, masks[name] = self.embeddings[name](inputs[name], valid)
             tokens[name] = self.encoders[name](embedded, src_key_padding_mask=~masks[name])
         for block in self.cross_layers:
@@ -204,46 +264,24 @@ class MegatronHead(nn.Module):
         pooled = torch.cat([self.pool(tokens[name], masks[name]) for name in self.stream_names], dim=-1)
         return self.head(pooled)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write model.safetensors and config.json (HF style) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Shared encoders appear under both stream names; safetensors refuses shared storage, so clone.
-        state = {name: tensor.detach().cpu().clone().contiguous()
-                 for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        self.config.save(directory / CONFIG_NAME)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                        ) -> MegatronHead:
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {name} is missing")
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        architecture = config.get("architecture", "megatron")  # checkpoints before it was named: megatron
-        if HEADS.entry(architecture) is not cls:
-            raise ValueError(f"{directory} holds a {architecture!r} temporal head, not {cls.__name__}; "
-                             f"load it with load_head()")
-        model = cls(MegatronConfig.from_dict(config))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
-        return model.to(map_location)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 # Temporal-head architectures by the name a checkpoint's config.json gives.
-HEADS: Registry[type[nn.Module]] = Registry("temporal head architecture")
+HEADS: Registry[type[TemporalHead]] = Registry("temporal head architecture")
 HEADS.register(MegatronHead, "megatron")
 
 
-def load_head(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def create_head(config: MegatronConfig) -> TemporalHead:
+    """A freshly initialised head of the architecture `config` names."""
+    return HEADS.entry(config.architecture)(config)
+
+
+def load_head(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> TemporalHead:
     """A checkpoint's temporal head, built as the architecture its config.json names."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {CONFIG_NAME} is missing")
     architecture = json.loads(path.read_text()).get("architecture", "megatron")
     return HEADS.entry(architecture).from_pretrained(directory, map_location)
+
+
+from . import baselines  # noqa: E402, F401 - registers the lstm and frame heads in HEADS

@@ -18,11 +18,11 @@ from torch import nn
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder
 from ..preprocessing.preprocess import PreprocessConfig
-from .heads import MegatronHead, load_head
+from .heads import TemporalHead, load_head
 
 
 class MegatronModel(nn.Module):
-    def __init__(self, depth: DepthEstimator, embedder: Embedder, head: MegatronHead):
+    def __init__(self, depth: DepthEstimator, embedder: Embedder, head: TemporalHead):
         super().__init__()
         self.depth_estimator, self.embedder = depth, embedder
         # Registered as submodules, so parameters(), to(), train() and requires_grad_() reach them.

@@ -34,7 +34,7 @@ from ..core.templates import render
 from ..datasets import build_index, read_index, write_index
 from ..models.backbones import RANDOM_INIT_PREFIX
 from ..models.checkpoint import DECISION_FILE, decision_threshold, write_model_card
-from ..models.heads import MegatronHead, load_head
+from ..models.heads import TemporalHead, load_head
 from ..preprocessing.batching import autocast as mixed_precision
 from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import FACEMESH
@@ -70,7 +70,7 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
 
 
 @torch.no_grad()
-def clip_probabilities(model: MegatronHead, clips: ClipSet, batch_size: int = 512,
+def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 512,
                        amp: bool = True) -> np.ndarray:
     """P(fake) of every clip, in the ClipSet's order."""
     device = next(model.parameters()).device
@@ -137,7 +137,7 @@ def metric_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
                          for group, name, chosen in groups])
 
 
-def score_videos(model: MegatronHead, clips: ClipSet, batch_size: int = 512, amp: bool = True
+def score_videos(model: TemporalHead, clips: ClipSet, batch_size: int = 512, amp: bool = True
                  ) -> pd.DataFrame:
     """The index rows of the clips' videos with `probability` (mean clip P(fake)) and `clips` columns."""
     probs = clip_probabilities(model, clips, batch_size, amp)

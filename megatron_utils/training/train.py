@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..core.cache import write_json_atomic
 from ..datasets import read_index
 from ..models.checkpoint import complete_checkpoint
-from ..models.heads import MegatronConfig, MegatronHead
+from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
 from ..preprocessing.batching import resolve_device
 from ..preprocessing.preprocess import PREPROCESS_FILE
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
@@ -43,7 +43,6 @@ from .evaluate import (
     binary_metrics,
     choose_threshold,
     clip_probabilities,
-    evaluate_run,
     video_probabilities,
 )
 from .pseudo_fakes import training_index
@@ -85,7 +84,7 @@ def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def validate(model: MegatronHead, clips: ClipSet, config: TrainConfig) -> dict[str, float]:
+def validate(model: TemporalHead, clips: ClipSet, config: TrainConfig) -> dict[str, float]:
     """Validation loss (clip level, unweighted) and video-level metrics at the threshold chosen here."""
     clip_probs = clip_probabilities(model, clips, config.eval_batch_size, config.amp)
     loss = nn.functional.binary_cross_entropy(torch.from_numpy(clip_probs).double().clamp(1e-7, 1 - 1e-7),
@@ -98,7 +97,7 @@ def validate(model: MegatronHead, clips: ClipSet, config: TrainConfig) -> dict[s
 
 
 # Checkpoints -------------------------------------------------------------------------------------------
-def save_checkpoint(directory: Path, model: MegatronHead, optimizer: torch.optim.Optimizer | None = None,
+def save_checkpoint(directory: Path, model: TemporalHead, optimizer: torch.optim.Optimizer | None = None,
                     state: dict | None = None, generator: torch.Generator | None = None,
                     complete: Callable[[Path], None] | None = None) -> None:
     """A save_pretrained folder, plus the training state when given and whatever `complete` adds to the
@@ -222,7 +221,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
             "torch": torch.__version__,
         })
 
-    model = MegatronHead(model_cfg).to(device)
+    model = create_head(model_cfg).to(device)
     # Weight decay on weight matrices only: not on biases, norms, CLS tokens and learned positions.
     exempt = {name for name, p in model.named_parameters()
               if p.dim() < 2 or name.endswith((".cls", ".position"))}
@@ -236,7 +235,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     history: list[dict] = []
     if resume:
         last = run_dir / "last"
-        model.load_state_dict(MegatronHead.from_pretrained(last).state_dict())
+        model.load_state_dict(load_head(last).state_dict())
         state = load_training_state(last, optimizer, generator)
         history = pd.read_csv(run_dir / "history.csv").to_dict("records")[: state["epoch"]]
         log.info("resuming %s at epoch %d (step %d)", run_dir, state["epoch"], state["step"])
@@ -322,27 +321,3 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None) -> Path:
         write_json_atomic(run_dir / "config.json", {**config, "train": asdict(train_cfg)})
     return train(run_dir / config["data"]["index_copy"], config["data"]["embed_cache"], train_cfg,
                  MegatronConfig.from_dict(config["model"]), run_dir, resume=True)
-
-
-ABLATIONS: dict[str, dict] = {
-    "full": {},
-    "rgb_only": {"streams": "rgb"},
-    "depth_only": {"streams": "depth"},
-    "concat": {"fusion": "concat"},
-}
-
-
-def ablation_table(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str | os.PathLike,
-                   train_cfg: TrainConfig, model_cfg: MegatronConfig, out_root: str | os.PathLike,
-                   variants: tuple[str, ...] = tuple(ABLATIONS), split: str = "test") -> pd.DataFrame:
-    """Train the full model and each ablation with the same data and seed; one row of AUCs per variant."""
-    rows = []
-    for variant in variants:
-        run_dir = train(index, embed_cache_dir, train_cfg, replace(model_cfg, **ABLATIONS[variant]),
-                        Path(out_root) / variant)
-        evaluation = evaluate_run(run_dir, split=split)
-        state = json.loads((run_dir / "last" / STATE_JSON).read_text())
-        overall = evaluation.overall()
-        rows.append({"variant": variant, "val_auc": state["best_val_auc"], f"{split}_auc": overall["auc"],
-                     f"{split}_balanced_accuracy": overall["balanced_accuracy"], "run": str(run_dir)})
-    return pd.DataFrame(rows)
