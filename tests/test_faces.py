@@ -277,3 +277,42 @@ def test_threads_sharing_one_detector_find_what_one_thread_finds(asset):
         np.testing.assert_array_equal(boxes, want_boxes)
         np.testing.assert_array_equal(scores, want_scores)
         assert name == want_name
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "blazeface"])
+def test_neural_detectors_find_what_dlib_finds_in_its_box_convention(name, asset):
+    detect, reference = create_detector(name, FaceConfig()), create_detector("dlib_hog", FaceConfig())
+    for photo in ("obama", "grace_hopper", "pyfeat_single_face"):
+        image = read_image(asset(photo))
+        (boxes, scores), (truth, _) = detect(image), reference(image)
+        assert len(boxes) == 1 and len(truth) == 1 and scores[0] > 0.5, (photo, boxes, scores)
+        side, true_side = boxes[0, 2] - boxes[0, 0], truth[0, 2] - truth[0, 0]
+        # Mapped onto dlib HOG's boxes (square, same scale and centre), so a clip's crops keep one scale.
+        assert boxes[0, 3] - boxes[0, 1] == pytest.approx(side, rel=1e-4)
+        assert 0.75 < side / true_side < 1.33, (photo, side, true_side)
+        offset = np.linalg.norm((boxes[0, :2] + boxes[0, 2:]) / 2 - (truth[0, :2] + truth[0, 2:]) / 2)
+        assert offset < 0.15 * true_side, (photo, offset, true_side)
+    assert len(detect(read_image(asset("pyfeat_no_face_image")))[0]) == 0
+    # MTCNN finds every face of the group photo that dlib does; BlazeFace (short range) only the larger ones.
+    group = read_image(asset("pyfeat_multi_face"))
+    assert len(detect(group)[0]) >= (4 if name == "mtcnn" else 1)
+
+
+def test_blazeface_decoding_pieces():
+    from megatron_utils.preprocessing.detectors import blazeface_anchors, weighted_nms
+
+    anchors = blazeface_anchors()
+    assert anchors.shape == (896, 2) and len(np.unique(anchors, axis=0)) == 16 * 16 + 8 * 8
+    assert anchors.min() > 0 and anchors.max() < 1
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    kept, scores = weighted_nms(boxes, np.array([0.9, 0.6, 0.8], np.float32), 0.3)
+    np.testing.assert_allclose(kept[0], [0.4, 0.4, 10.4, 10.4], atol=1e-5)  # score-weighted mean of two
+    np.testing.assert_allclose(kept[1], boxes[2])
+    np.testing.assert_allclose(scores, [0.9, 0.8])
+
+
+def test_a_video_tracked_with_the_mtcnn_detector(asset):
+    config = FaceConfig(detector="mtcnn", fallback=None, crop_size=64)
+    result = extract_video_faces(asset("single_face_video"), FramesConfig(frames_per_clip=8), config)
+    assert len(result.tracks) == 1 and len(result.tracks[0]) >= 6
+    assert result.tracks[0].crops.shape[1:] == (64, 64, 3)

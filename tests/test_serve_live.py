@@ -39,7 +39,7 @@ def test_load_no_5xx_no_lost_or_duplicated_job_and_flat_memory(server, tiny_run,
     base, process = server
     files = [Path(video_of(tiny_run[1], label)) for label in ("real", "fake")] + [Path(asset("obama"))]
     # Warm up with the same load: the first jobs in each thread allocate its buffers and malloc arena.
-    load_test(base, files, uploads=24, concurrency=8)
+    load_test(base, files, uploads=16, concurrency=8)
     before = rss_mb(process.pid)
     report = load_test(base, files, uploads=60, concurrency=8)
     after = rss_mb(process.pid)

