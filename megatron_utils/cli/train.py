@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..models.heads import DEFAULT_MODEL, list_models, model_config
+from ..training.corruptions import list_corruptions
 from ..training.evaluate import evaluate_on_data, evaluate_run
 from ..training.pseudo_fakes import TRAINING_FAKES
 from ..training.train import TrainConfig, resume, train
@@ -52,6 +53,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--out", type=Path, help="report folder (default: RUN_DIR/eval/<index>-<split>)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--corrupt", nargs="+", metavar="CORRUPTION", help="also evaluate on corrupted "
+                        f"copies of the split's videos: {', '.join(list_corruptions())} (writes "
+                        "RUN_DIR/eval/robustness/robustness.csv and .png)")
+    parser.add_argument("--severities", nargs="+", type=int, default=[1, 3, 5], metavar="N",
+                        help="corruption severities 1-5 (default: 1 3 5)")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -78,6 +84,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
+    if args.corrupt:
+        from ..training.corruptions import robustness_table
+
+        table = robustness_table(args.run_dir, args.corrupt, args.severities, args.split or "test",
+                                 args.out)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"robustness: {(args.out or args.run_dir / 'eval' / 'robustness') / 'robustness.csv'}")
+        return 0
     options = {"out_dir": args.out, "checkpoint": args.checkpoint, "device": args.device}
     if args.data is not None:
         if args.index is not None or args.embeddings is not None:
