@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -107,29 +108,34 @@ def corrupt_file(source: Path, target: Path, corruption: str, severity: int) -> 
                 raise ValueError(f"{target}: cannot write the corrupted image")
         return target
     frames = np.stack([frame for _, frame in iter_frames(source)])
-    crf = H264_CRF[severity] if corruption == "h264" else LOSSLESS_CRF
-    return write_mp4(target, apply(frames, severity), fps=probe(source).fps or 25.0, crf=crf)
+    fps = probe(source).fps or 25.0
+    if corruption == "h264":
+        return write_mp4(target, frames, fps=fps, crf=H264_CRF[severity])
+    # a near-lossless carrier: the corruption measured is the one named, not the encoder's
+    return write_mp4(target, apply(frames, severity), fps=fps, crf=LOSSLESS_CRF, preset="veryfast")
 
 
 def corrupt_split(table: pd.DataFrame, corruption: str, severity: int, out_dir: str | os.PathLike
                   ) -> Path:
     """Corrupted copies of the videos of `table` in `out_dir/<corruption>-<severity>/` and their index."""
     folder = Path(out_dir) / f"{corruption}-{severity}"
-    rows = []
-    for row in tqdm(table.itertuples(index=False), total=len(table), desc=f"{corruption} {severity}",
-                    unit="video", leave=False):
+
+    def copy(row: tuple) -> dict | None:
         source = Path(row.path)
-        suffix = ".png" if is_image(source) else ".mp4"
-        target = folder / (row.video_id.replace("/", "__") + suffix)
+        target = folder / (row.video_id.replace("/", "__") + (".png" if is_image(source) else ".mp4"))
         try:
             corrupt_file(source, target, corruption, severity)
         except Exception as error:  # noqa: BLE001 - one bad video is reported, never fatal
             log.warning("%s: cannot corrupt (%s); left out", source, error)
-            continue
+            return None
         # Its own id: caches key entries by video id, and the clean entry must stay the clean one.
-        rows.append({**row._asdict(), "video_id": f"{row.video_id}@{corruption}-{severity}",
-                     "path": str(target)})
-    return write_index(pd.DataFrame(rows), folder / "index.csv")
+        return {**row._asdict(), "video_id": f"{row.video_id}@{corruption}-{severity}", "path": str(target)}
+
+    # Decoding, OpenCV and x264 release the GIL: threads use the cores.
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        rows = list(tqdm(pool.map(copy, table.itertuples(index=False)), total=len(table),
+                         desc=f"{corruption} {severity}", unit="video", leave=False))
+    return write_index(pd.DataFrame([row for row in rows if row is not None]), folder / "index.csv")
 
 
 def robustness_table(run_dir: str | os.PathLike, corruptions: list[str], severities: list[int],
