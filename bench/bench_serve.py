@@ -20,15 +20,7 @@ from common import environment, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_utils.serve.client import load_test, serving  # noqa: E402
-
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+from megatron_utils.serve.client import CHROMIUM_FLAGS, load_test, rss_mb, serving  # noqa: E402
 
 
 def screenshot(base: str, video: Path, out: Path) -> None:

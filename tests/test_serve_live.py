@@ -13,17 +13,10 @@ import httpx
 import pytest
 from tiny_run import video_of
 
-from megatron_utils.serve.client import Client, Refused, load_test, serving
+from megatron_utils.serve.client import CHROMIUM_FLAGS, Client, Refused, load_test, rss_mb, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAX_UPLOAD_MB = 64
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +79,7 @@ def test_the_page_in_headless_chromium(server, tiny_run, tmp_path):
     video = Path(video_of(tiny_run[1], "fake"))
     screenshot = Path(os.environ.get("MEGATRON_SCREENSHOT", tmp_path / "serve.png"))
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 1400})
             errors: list[str] = []

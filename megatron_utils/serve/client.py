@@ -25,6 +25,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 FINAL = {"done", "failed"}
+# Debian's Chromium, headless, on a machine with no outside network (for browser tests of the page)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (a served `megatron serve`), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def free_port() -> int:
