@@ -20,7 +20,8 @@ from common import environment, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_utils.serve.client import CHROMIUM_FLAGS, load_test, rss_mb, serving  # noqa: E402
+from megatron_utils.core.memory import rss_mb  # noqa: E402
+from megatron_utils.serve.client import CHROMIUM_FLAGS, load_test, serving  # noqa: E402
 
 
 def screenshot(base: str, video: Path, out: Path) -> None:

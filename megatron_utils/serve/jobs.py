@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.cache import write_json_atomic
+from ..core.memory import trim_heap
 from ..inference.results import Prediction
 from ..visualization.annotate import annotate_image, annotate_video, plot_timeline
 from .config import ServeConfig
@@ -154,6 +155,7 @@ class JobManager:
             self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (job.finished - job.started)
             if job.media_path is not None:
                 job.media_path.unlink(missing_ok=True)  # results are kept, uploads are not
+            trim_heap()  # a job's frames and activations are freed; give their pages back
 
     def run(self, job: Job) -> None:
         def progress(step: str) -> None:
