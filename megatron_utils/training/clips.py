@@ -66,6 +66,12 @@ class ClipSet:
                        *(tensor.to(device) for tensor in (self.valid, self.label, self.video)),
                        videos=self.videos, missing=self.missing)
 
+    def subset(self, picked: slice | torch.Tensor) -> ClipSet:
+        """These clips only; the videos table is kept whole, so `video` still indexes it."""
+        return ClipSet({name: value[picked] for name, value in self.features.items()},
+                       *(tensor[picked] for tensor in (self.valid, self.label, self.video)),
+                       videos=self.videos, missing=self.missing)
+
     def class_counts(self) -> tuple[int, int]:
         fakes = int(self.label.sum())
         return len(self) - fakes, fakes

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
 from ..preprocessing.batching import resolve_device
 from ..preprocessing.preprocess import PREPROCESS_FILE
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
+from .distributed import ONE_PROCESS, Distributed, distributed
 from .evaluate import (
     autocast,
     binary_metrics,
@@ -84,9 +85,12 @@ def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def validate(model: TemporalHead, clips: ClipSet, config: TrainConfig) -> dict[str, float]:
-    """Validation loss (clip level, unweighted) and video-level metrics at the threshold chosen here."""
-    clip_probs = clip_probabilities(model, clips, config.eval_batch_size, config.amp)
+def validate(model: TemporalHead, clips: ClipSet, config: TrainConfig, world: Distributed = ONE_PROCESS
+             ) -> dict[str, float]:
+    """Validation loss (clip level, unweighted) and video-level metrics at the threshold chosen here. Each
+    rank scores its share of the clips; every rank gets the same metrics."""
+    share = clips.subset(world.share(len(clips)))
+    clip_probs = world.gather(clip_probabilities(model, share, config.eval_batch_size, config.amp))
     loss = nn.functional.binary_cross_entropy(torch.from_numpy(clip_probs).double().clamp(1e-7, 1 - 1e-7),
                                               clips.label.cpu().double())
     labels, probs = clips.video_labels, video_probabilities(clips, clip_probs)
@@ -171,20 +175,26 @@ def tensorboard_writer(run_dir: Path):
 def train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str | os.PathLike, train_cfg: TrainConfig,
           model_cfg: MegatronConfig, out_dir: str | os.PathLike, resume: bool = False) -> Path:
     """Train on the index's train split, select on its val split; returns the run folder. The embedding
-    sizes (and max_len, if shorter than the clips) of `model_cfg` are taken from the embed cache."""
+    sizes (and max_len, if shorter than the clips) of `model_cfg` are taken from the embed cache. Under
+    torchrun, each process trains on its share of every batch (see `distributed.py`)."""
     run_dir = Path(out_dir)
-    if (run_dir / "config.json").exists() and not resume:
-        raise ValueError(f"{run_dir} already holds a run; resume it or choose another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(run_dir / "train.log"):
-        return _train(index, Path(embed_cache_dir), train_cfg, model_cfg, run_dir, resume)
+    device = resolve_device(train_cfg.device)
+    with distributed(device) as world:
+        if world.main:
+            if (run_dir / "config.json").exists() and not resume:
+                raise ValueError(f"{run_dir} already holds a run; resume it or choose another output folder")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with log_to_file(run_dir / "train.log") if world.main else nullcontext():
+            return _train(index, Path(embed_cache_dir), train_cfg, model_cfg, run_dir, resume,
+                          world.device(device), world)
 
 
 def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train_cfg: TrainConfig,
-           model_cfg: MegatronConfig, run_dir: Path, resume: bool) -> Path:
+           model_cfg: MegatronConfig, run_dir: Path, resume: bool, device: torch.device,
+           world: Distributed) -> Path:
     torch.manual_seed(train_cfg.seed)
-    generator = torch.Generator().manual_seed(train_cfg.seed)  # shuffling and augmentation
-    device = resolve_device(train_cfg.device)
+    # Shuffling and augmentation: the same seed on every rank, so all ranks draw the same global batches.
+    generator = torch.Generator().manual_seed(train_cfg.seed)
     index_table = index if isinstance(index, pd.DataFrame) else read_index(index)
     seen = training_index(index_table, embed_cache_dir, train_cfg.fakes, train_cfg.seed)
     train_clips = load_clips(seen, embed_cache_dir, "train").to(device)
@@ -201,7 +211,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                                       for stream, value in train_clips.features.items()},
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
     index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
-    if not resume:
+    if world.main and not resume:
         index_table.to_csv(run_dir / "index.csv", index=False)
         preprocessing = preprocessing_config(embed_cache_dir)
         if preprocessing["pipeline"] is None:
@@ -239,16 +249,18 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         state = load_training_state(last, optimizer, generator)
         history = pd.read_csv(run_dir / "history.csv").to_dict("records")[: state["epoch"]]
         log.info("resuming %s at epoch %d (step %d)", run_dir, state["epoch"], state["step"])
-    step_model = torch.compile(model) if train_cfg.compile else model
+    step_model = world.wrap(model, device)
+    step_model = torch.compile(step_model) if train_cfg.compile else step_model
 
     reals, fakes = train_clips.class_counts()
     if not reals or not fakes:
         raise ValueError(f"the train split needs real and fake clips, got {reals} real and {fakes} fake")
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(reals / fakes, device=device))
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(reals / fakes, device=device), reduction="sum")
     augmentation = Augmentation(train_cfg.min_crop_fraction, train_cfg.frame_dropout)
     steps_per_epoch = math.ceil(len(train_clips) / train_cfg.batch_size)
     total_steps = train_cfg.epochs * steps_per_epoch
-    writer = tensorboard_writer(run_dir)
+    writer = tensorboard_writer(run_dir) if world.main else None
+    log.info("training on %s", world)
     log.info("training %s (%d parameters) on %s: %d train clips (%d real, %d fake), %d val clips; "
              "embeddings %s; pos_weight %.3f", model_cfg, model.num_parameters(), device, len(train_clips),
              reals, fakes, len(val_clips), embed_cache_dir, reals / fakes)
@@ -259,26 +271,31 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         loss_sum = torch.zeros((), device=device)
         batches = iterate_batches(train_clips, train_cfg.batch_size, shuffle=True, generator=generator,
                                   augmentation=augmentation)
-        progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", leave=False)
+        progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", leave=False,
+                        disable=not world.main)
         for features, valid, label in progress:
+            batch_size, share = len(label), world.share(len(label))
+            features = {name: value[share] for name, value in features.items()}
+            valid, label = valid[share], label[share]
             lr = learning_rate(state["step"], total_steps, train_cfg.lr, train_cfg.min_lr,
                                train_cfg.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device, train_cfg.amp):
                 logits = step_model(**features, valid=valid)[:, 0]
-            loss = criterion(logits.float(), label)
+            share_loss = criterion(logits.float(), label)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
+            (share_loss * world.world_size / batch_size).backward()
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             optimizer.step()
-            loss_sum += loss.detach() * len(label)
+            loss_sum += share_loss.detach()
             state["step"] += 1
         state["epoch"] += 1
-        train_loss = float(loss_sum) / len(train_clips)  # waits for the device: the pass is done
+        train_loss = float(world.sum(loss_sum)) / len(train_clips)  # waits for the device: the pass is done
         train_seconds = time.perf_counter() - started
         row = {"epoch": state["epoch"], "step": state["step"], "lr": lr, "train_loss": train_loss,
-               **validate(model, val_clips, train_cfg), "train_seconds": train_seconds,
+               **validate(model, val_clips, train_cfg, world), "train_seconds": train_seconds,
                "seconds": time.perf_counter() - started}
         history.append(row)
         if row["val_auc"] > state["best_val_auc"]:
@@ -287,12 +304,14 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                         "val_balanced_accuracy": row["val_balanced_accuracy"], "train_index": index_source,
                         "train_videos": len(train_clips.videos), "fakes": train_cfg.fakes}
             complete = functools.partial(complete_checkpoint, run_dir=run_dir, selected=selected)
-            save_checkpoint(run_dir / "best", model, complete=complete)
+            if world.main:
+                save_checkpoint(run_dir / "best", model, complete=complete)
         else:
             state["bad_epochs"] += 1
             state["stopped_early"] = state["bad_epochs"] >= train_cfg.patience
-        save_checkpoint(run_dir / "last", model, optimizer, state, generator)
-        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
+        if world.main:
+            save_checkpoint(run_dir / "last", model, optimizer, state, generator)
+            pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         if writer is not None:
             for name, value in row.items():
                 writer.add_scalar(name, value, state["epoch"])
