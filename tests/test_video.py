@@ -3,10 +3,12 @@ import pytest
 
 from megatron_utils.preprocessing.video import (
     MediaError,
+    decode_spans,
     iter_frames,
     probe,
     read_frames,
     read_image,
+    seek_plan,
     write_mp4,
 )
 
@@ -54,3 +56,36 @@ def test_read_image_and_missing_file(asset, tmp_path):
     assert image.shape == (512, 512, 3)
     with pytest.raises(MediaError, match="does not exist"):
         read_image(tmp_path / "nope.jpg")
+
+
+def test_decode_spans_start_at_the_keyframe_before_each_wanted_frame():
+    assert decode_spans([0, 10, 20, 30], [3, 12, 14, 35]) == [(0, 3), (10, 14), (30, 35)]
+    # frame 11's keyframe (10) is reached by decoding on from frame 9: no seek back
+    assert decode_spans([0, 10, 20, 30], [9, 11, 29]) == [(0, 11), (20, 29)]
+    assert decode_spans([0], [5, 50]) == [(0, 50)]
+
+
+def test_seeking_decodes_less_and_gives_the_same_frames(asset, tmp_path):
+    frames = [frame for _, frame in iter_frames(asset("wolfgang_langer"), range(120))]
+    path = write_mp4(tmp_path / "gop12.mp4", frames, gop=12, preset="veryfast")
+    wanted = [5, 40, 41, 90, 119]
+    _, spans = seek_plan(path, wanted)
+    assert spans == [(0, 5), (36, 41), (84, 90), (108, 119)]  # 32 frames decoded instead of 120
+    sought = dict(iter_frames(path, wanted, seek=True))
+    from_start = dict(iter_frames(path, wanted, seek=False))
+    assert sorted(sought) == wanted == sorted(from_start)
+    for index in wanted:
+        np.testing.assert_array_equal(sought[index], from_start[index])
+    # Dense sampling gains nothing from seeking: decoded from the start.
+    assert seek_plan(path, range(0, 120, 3)) is None
+
+
+def test_seeking_in_a_camera_encoded_video_matches_decoding_from_the_start(asset):
+    path = asset("wolfgang_langer")  # a real Pexels H.264 encode, B-frames and all
+    wanted = list(range(7, 472, 58))
+    assert seek_plan(path, wanted, always=True) is not None
+    sought = dict(iter_frames(path, wanted, seek=True))
+    from_start = dict(iter_frames(path, wanted, seek=False))
+    assert sorted(sought) == wanted == sorted(from_start)
+    for index in wanted:
+        np.testing.assert_array_equal(sought[index], from_start[index])

@@ -7,8 +7,10 @@ reason, so callers can record a clean failure for one bad input and move on with
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import av
 import numpy as np
 
 from ..core.cache import atomic_path
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -150,33 +154,137 @@ def probe(path: Source) -> VideoInfo:
         return VideoInfo(str(path), width, height, int(frames or 1), fps, rotation, stream.codec_context.name)
 
 
-def iter_frames(path: Source, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield `(index, RGB uint8 frame)` in decode order, converting only the wanted frames.
+SEEK_SAVING = 0.7  # seek only when that decodes under 70% of the frames that decoding from the start would
 
-    Decoding stops after the last wanted index. Frames are rotated as a player would show them.
-    A stream that breaks off part-way (a truncated file) ends the iteration early; callers compare
-    what they got with what they asked for.
-    """
+
+class _Unseekable(Exception):
+    """The stream's timestamps do not support exact seeking; decode it from the start instead."""
+
+
+def decode_spans(keyframes: Sequence[int], wanted: Sequence[int]) -> list[tuple[int, int]]:
+    """(first frame decoded, last wanted frame) of each run of decoding that reaches the sorted `wanted`
+    frame indices in a stream whose decoding can start at the sorted `keyframes` (frame 0 among them).
+    Each wanted frame is reached from the keyframe at or before it; when that keyframe lies within what the
+    previous run decodes anyway, the run goes on instead of seeking."""
+    spans: list[tuple[int, int]] = []
+    for index in wanted:
+        keyframe = keyframes[bisect.bisect_right(keyframes, index) - 1]
+        if spans and keyframe <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], index)
+        else:
+            spans.append((keyframe, index))
+    return spans
+
+
+def _frame_timestamps(path: Path | Encoded) -> tuple[list[int], list[int]] | None:
+    """Every frame's presentation timestamp in display order and the keyframes' frame indices, read from
+    the packets without decoding; None when seeking by timestamp could not be exact."""
+    timestamps: list[int] = []
+    keyframe_timestamps: set[int] = set()
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.pts is None:
+                    return None
+                timestamps.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframe_timestamps.add(packet.pts)
+        except av.error.FFmpegError:
+            pass  # a truncated file: index what was read
+        declared = stream.frames
+    timestamps.sort()
+    keyframes = [index for index, pts in enumerate(timestamps) if pts in keyframe_timestamps]
+    if (not keyframes or keyframes[0] != 0 or len(set(timestamps)) != len(timestamps)
+            or (declared and declared != len(timestamps))):
+        return None
+    return timestamps, keyframes
+
+
+def seek_plan(path: Source, wanted: Sequence[int], always: bool = False
+              ) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """(every frame's timestamp, the `decode_spans` of the sorted `wanted` frames) when seeking saves
+    decoding (or `always`, where the stream allows it), else None: decode from the start."""
     path = _as_source(path)
-    wanted = None if indices is None else sorted(set(int(i) for i in indices))
-    if wanted is not None and not wanted:
-        return
+    index = _frame_timestamps(path)
+    if index is None:
+        return None
+    timestamps, keyframes = index
+    spans = decode_spans(keyframes, [frame for frame in wanted if frame < len(timestamps)])
+    decoded = sum(last - first + 1 for first, last in spans)
+    return (timestamps, spans) if spans and (always or decoded < SEEK_SAVING * (wanted[-1] + 1)) else None
+
+
+def _decode_spans(path: Path | Encoded, timestamps: list[int], spans: list[tuple[int, int]],
+                  wanted: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+    frame_of = {pts: index for index, pts in enumerate(timestamps)}
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rotation = None
+        for first, last in spans:
+            container.seek(timestamps[first], stream=stream, backward=True, any_frame=False)
+            landed = False
+            for frame in container.decode(stream):
+                index = frame_of.get(frame.pts)
+                if index is None or (not landed and index > first):
+                    raise _Unseekable(f"frame at pts {frame.pts} after seeking to frame {first}")
+                landed = True
+                if rotation is None:
+                    rotation = _rotation_of(stream, frame)
+                if index >= first and index in wanted:
+                    yield index, _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
+                if index >= last:
+                    break
+
+
+def _decode_from_start(path: Path | Encoded, wanted: list[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     wanted_set = None if wanted is None else set(wanted)
     last = None if wanted is None else wanted[-1]
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rotation = None
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if rotation is None:
-                    rotation = _rotation_of(stream, frame)
-                if wanted_set is None or index in wanted_set:
-                    yield index, _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
-                if last is not None and index >= last:
-                    break
-        except av.error.FFmpegError:
-            return  # truncated or corrupt tail: keep what was decoded
+        for index, frame in enumerate(container.decode(stream)):
+            if rotation is None:
+                rotation = _rotation_of(stream, frame)
+            if wanted_set is None or index in wanted_set:
+                yield index, _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
+            if last is not None and index >= last:
+                break
+
+
+def iter_frames(path: Source, indices: Iterable[int] | None = None, seek: bool | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(index, RGB uint8 frame)` in increasing order, converting only the wanted frames.
+
+    Only what the wanted frames need is decoded: from the keyframe before each of them (`seek`: None seeks
+    when that decodes markedly fewer frames than decoding from the start, True always where the stream
+    allows it, False never), and never past the last one. Frames are rotated as a player would show them.
+    A stream that breaks off part-way (a truncated file) ends the iteration early; callers compare what
+    they got with what they asked for.
+    """
+    path = _as_source(path)
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    if wanted is not None and not wanted:
+        return
+    try:
+        plan = None if wanted is None or seek is False else seek_plan(path, wanted, always=bool(seek))
+        if plan is not None:
+            yielded = -1
+            try:
+                for index, frame in _decode_spans(path, *plan, set(wanted)):
+                    yielded = index
+                    yield index, frame
+                return
+            except _Unseekable as reason:
+                log.info("%s: decoding from the start instead of seeking (%s)", path, reason)
+                wanted = [index for index in wanted if index > yielded]
+        yield from _decode_from_start(path, wanted)
+    except av.error.FFmpegError:
+        return  # truncated or corrupt tail: keep what was decoded
 
 
 def read_frames(path: Source, indices: Sequence[int]) -> tuple[list[int], np.ndarray]:
