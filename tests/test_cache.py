@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_utils.core.cache import FAILED, OK, StageCache, atomic_path, cache_sizes, stable_hash
+from megatron_utils.core.cache import FAILED, HOST, OK, StageCache, atomic_path, cache_sizes, stable_hash
 
 
 def test_key_changes_with_any_config_value(cache_dir):
@@ -84,3 +84,39 @@ def test_stable_hash_accepts_dataclasses():
         size: int = 224
 
     assert stable_hash(Config()) == stable_hash({"size": 224})
+
+
+def test_writers_in_several_processes_fill_one_cache_without_losing_a_record(cache_dir):
+    """Four processes write the same 40 items at once (as workers that were handed overlapping work would,
+    with the same content): each keeps its own manifest file, a reader merges them, every entry loads."""
+    script = (
+        "import sys\nimport numpy as np\nfrom megatron_utils.core.cache import StageCache\n"
+        "c = StageCache('shared', {})\n"
+        "for i in range(40):\n"
+        "    c.write(f'v{i}', {'x': np.full(4096, i, np.uint8)}, writer=int(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "MEGATRON_CACHE": str(cache_dir)}
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(w)], env=env) for w in range(4)]
+    assert [writer.wait(timeout=120) for writer in writers] == [0] * 4
+    cache = StageCache("shared", {})
+    manifests = sorted(cache.manifest_dir.glob("*.jsonl"))
+    assert len(manifests) == 4 and all(len(path.read_text().splitlines()) == 40 for path in manifests)
+    assert sorted(cache.records()) == sorted(f"v{i}" for i in range(40)) == sorted(cache.done_items())
+    assert {record["writer"] for record in cache.records().values()} <= {0, 1, 2, 3}
+    for i in range(40):
+        assert set(cache.read(f"v{i}")[0]["x"]) == {i}
+    assert not list(cache.items_dir.glob(".*.tmp*"))
+
+
+def test_only_this_machines_dead_writers_temporaries_are_swept(cache_dir):
+    cache = StageCache("sweep", {})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    names = {"dead here": f".a.safetensors.{HOST}.{dead}.0123abcd.tmp.safetensors",
+             "alive here": f".b.safetensors.{HOST}.{os.getpid()}.0123abcd.tmp.safetensors",
+             "elsewhere": f".c.safetensors.other-node-7.{dead}.0123abcd.tmp.safetensors"}
+    for name in names.values():
+        (cache.items_dir / name).write_bytes(b"partial")
+    assert cache.remove_stale_temporaries() == 1
+    assert sorted(path.name for path in cache.items_dir.iterdir()) == sorted(
+        [names["alive here"], names["elsewhere"]])

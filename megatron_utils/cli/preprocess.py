@@ -19,9 +19,14 @@ def run(args: argparse.Namespace) -> int:
 
     frames, faces = face_configs(args)
     config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"))
-    result = preprocess(
-        read_items(args.inputs), config, force=args.force, cache_root=args.cache, workers=args.workers
-    )
+    if args.ray is not None:
+        from ..preprocessing.cluster import preprocess_on_ray
+
+        result = preprocess_on_ray(read_items(args.inputs), config, force=args.force, cache_root=args.cache,
+                                   address=args.ray, actors=args.ray_actors)
+    else:
+        result = preprocess(read_items(args.inputs), config, force=args.force, cache_root=args.cache,
+                            workers=args.workers)
     print(result.summary())
     for stage in ("faces", "depth", "embed"):
         print(f"{stage} cache: {getattr(result, stage).dir}")
@@ -46,5 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_depth_arguments(parser, prefix="depth-")
     add_embed_arguments(parser, prefix="embed-")
     add_runtime_arguments(parser)
-    parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache)")
+    parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache); "
+                        "with --ray, a folder every node sees")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", help="spread the videos over a Ray cluster (auto: "
+                        "the one this machine belongs to; needs `pip install megatron-deepfake[cluster]`)")
+    parser.add_argument("--ray-actors", type=int, help="workers on the cluster, each loading the models "
+                        "once (default: one per GPU, else one per CPU)")
     parser.set_defaults(handler=run)

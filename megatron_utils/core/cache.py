@@ -6,6 +6,10 @@ lands in a fresh folder instead of mixing results. Entries are safetensors files
 temporary name and renamed, so a killed process never leaves a half-written entry behind. The
 manifest is JSON lines, appended and fsync'ed; the last record of an item wins and a torn last line
 (from a kill mid-write) is ignored.
+
+Many writers, on many machines sharing the folder, may fill one cache at once: each appends to its own
+manifest file (`manifests/<host>.<pid>.jsonl`, merged by time on read), temporary names carry the host,
+the process and a random token, and only temporaries of dead processes on this host are swept.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -26,6 +32,9 @@ from safetensors.numpy import load_file, save_file
 
 OK = "ok"
 FAILED = "failed"
+HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
+# .<entry name>.<host>.<pid>.<token>.tmp<suffix>, as atomic_path names them
+TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
 
 
 def cache_root() -> Path:
@@ -55,12 +64,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def writer_id() -> str:
+    """This process on this machine, as named in temporaries and manifest files."""
+    return f"{HOST}.{os.getpid()}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp{final.suffix}")
+    tmp = final.with_name(f".{final.name}.{writer_id()}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
     try:
         yield tmp
         os.replace(tmp, final)
@@ -98,7 +112,7 @@ class StageCache:
         self.key = stable_hash(self.config)
         self.dir = Path(root if root is not None else cache_root()) / stage / self.key
         self.items_dir = self.dir / "items"
-        self.manifest_path = self.dir / "manifest.jsonl"
+        self.manifest_dir = self.dir / "manifests"
         self.items_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.dir / "config.json"
         if not config_path.exists():
@@ -121,12 +135,18 @@ class StageCache:
             raise ValueError(f"{path}: its config.json hashes to key {cache.key}, not to the folder's name")
         return cache
 
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest file this process appends to."""
+        return self.manifest_dir / f"{writer_id()}.jsonl"
+
     def remove_stale_temporaries(self) -> int:
-        """Delete temporary files left by writers that were killed (their process no longer exists)."""
+        """Delete temporary files left by killed writers on this machine (their process no longer exists).
+        Another machine's temporaries are never touched: its process ids mean nothing here."""
         removed = 0
         for tmp in self.items_dir.glob(".*.tmp*"):
-            pid = tmp.name.rsplit(".tmp", 1)[0].rsplit(".", 1)[-1]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            match = TEMPORARY.match(tmp.name)
+            if match and match["host"] == HOST and not _process_alive(int(match["pid"])):
                 tmp.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -141,19 +161,22 @@ class StageCache:
     def records(self) -> dict[str, dict[str, Any]]:
         """The latest manifest record of every item."""
         if self._records is None:
-            self._records = {}
-            if self.manifest_path.exists():
-                for line in self.manifest_path.read_text().splitlines():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a killed run
-                    self._records[record["item"]] = record
+            records = []
+            for path in [self.dir / "manifest.jsonl", *sorted(self.manifest_dir.glob("*.jsonl"))]:
+                if path.is_file():  # manifest.jsonl: the single manifest of caches written before
+                    for line in path.read_text().splitlines():
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError:
+                            continue  # a torn last line from a killed run
+            records.sort(key=lambda record: record.get("time", 0.0))  # stable: a file's own order stays
+            self._records = {record["item"]: record for record in records}
         return self._records
 
     def record(self, item_id: str, status: str, error: str | None = None, **info: Any) -> dict[str, Any]:
         record = {"item": item_id, "status": status, "error": error, "time": time.time(), **info}
         line = json.dumps(record, default=str)
+        self.manifest_dir.mkdir(exist_ok=True)
         with open(self.manifest_path, "a") as handle:
             handle.write(line + "\n")
             handle.flush()

@@ -113,13 +113,14 @@ class DepthEstimator:
 
 def compute_depth(faces_cache: StageCache, depth_cfg: DepthConfig, force: bool = False,
                   cache_root: str | os.PathLike | None = None, item_ids: Sequence[str] | None = None,
-                  ) -> tuple[StageCache, StageReport]:
-    """Depth maps for every face entry of `faces_cache` (or only `item_ids`) into the `depth` cache.
+                  estimator: DepthEstimator | None = None) -> tuple[StageCache, StageReport]:
+    """Depth maps for every face entry of `faces_cache` (or only `item_ids`) into the `depth` cache, with
+    `estimator` when a caller keeps one loaded (it must be built from `depth_cfg`).
 
     Items already done for the same faces entry are skipped (all redone with `force`); a faces entry
     that is missing, corrupt or empty becomes a recorded failure of that item only.
     """
-    estimator = DepthEstimator(depth_cfg)
+    estimator = estimator or DepthEstimator(depth_cfg)
     cache = StageCache("depth", {"faces": faces_cache.key, **estimator.identity()}, root=cache_root)
     items = done_upstream(faces_cache, item_ids)
 

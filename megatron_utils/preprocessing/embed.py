@@ -127,14 +127,15 @@ def to_clips(features: dict[str, np.ndarray], clip_index: np.ndarray, frame_inde
 
 def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_cfg: EmbedConfig,
                        force: bool = False, cache_root: str | os.PathLike | None = None,
-                       item_ids: Sequence[str] | None = None) -> tuple[StageCache, StageReport]:
+                       item_ids: Sequence[str] | None = None, embedder: Embedder | None = None
+                       ) -> tuple[StageCache, StageReport]:
     """RGB and depth embeddings for every video (or only `item_ids`) with a faces entry, into the
     `embed` stage cache: `rgb` [C, T, D_rgb], `depth` [C, T, D_depth] (float16), `valid` [C, T],
-    `frame_index` [C, T]."""
+    `frame_index` [C, T]. `embedder`: one a caller keeps loaded (built from `embed_cfg`)."""
     if depth_cache.config.get("faces") != faces_cache.key:
         raise ValueError(f"depth cache {depth_cache.dir} was computed from faces cache "
                          f"{depth_cache.config.get('faces')}, not from {faces_cache.key} ({faces_cache.dir})")
-    embedder = Embedder(embed_cfg)
+    embedder = embedder or Embedder(embed_cfg)
     cache = StageCache("embed", {"faces": faces_cache.key, "depth_maps": depth_cache.key,
                                  "frames_per_clip": embed_cfg.frames_per_clip, **embedder.identity()},
                        root=cache_root)

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 
 from ..core.cache import StageCache, StageReport, write_json_atomic
-from .depth import DepthConfig, compute_depth
-from .embed import EmbedConfig, compute_embeddings
+from .depth import DepthConfig, DepthEstimator, compute_depth
+from .embed import EmbedConfig, Embedder, compute_embeddings
 from .faces import FaceConfig, extract_faces
 from .frames import FramesConfig
 
@@ -68,6 +68,18 @@ class PreprocessConfig:
 
 
 @dataclass
+class LoadedModels:
+    """The depth model and the two embedders of one preprocessing config, loaded once and reused."""
+
+    depth: DepthEstimator
+    embed: Embedder
+
+    @classmethod
+    def load(cls, config: PreprocessConfig) -> LoadedModels:
+        return cls(DepthEstimator(config.depth), Embedder(config.embed))
+
+
+@dataclass
 class PreprocessResult:
     faces: StageCache
     depth: StageCache
@@ -86,19 +98,29 @@ class PreprocessResult:
         return "\n".join(report.summary() for report in self.reports)
 
 
+def item_pairs(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame) -> list[tuple[str, str]]:
+    """`(video_id, path)` pairs of an index table or of pairs."""
+    if isinstance(items, pd.DataFrame):
+        return list(zip(items["video_id"], items["path"], strict=True))
+    return [(str(video_id), str(path)) for video_id, path in items]
+
+
 def preprocess(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
                config: PreprocessConfig | None = None, force: bool = False,
-               cache_root: str | os.PathLike | None = None, workers: int | None = None) -> PreprocessResult:
-    """Run faces -> depth -> embeddings for `(video_id, path)` pairs or an index table."""
+               cache_root: str | os.PathLike | None = None, workers: int | None = None,
+               models: LoadedModels | None = None) -> PreprocessResult:
+    """Run faces -> depth -> embeddings for `(video_id, path)` pairs or an index table; `models`: the
+    depth model and embedders already loaded for `config` (a long-lived worker's), else loaded here."""
     config = config or PreprocessConfig()
-    pairs = list(zip(items["video_id"], items["path"], strict=True)) if isinstance(items, pd.DataFrame) \
-        else [(str(video_id), str(path)) for video_id, path in items]
+    pairs = item_pairs(items)
     item_ids = [video_id for video_id, _ in pairs]
     faces, faces_report = extract_faces(pairs, config.frames, config.faces, force, cache_root, workers)
     logger.info(faces_report.summary())
-    depth, depth_report = compute_depth(faces, config.depth, force, cache_root, item_ids=item_ids)
+    depth, depth_report = compute_depth(faces, config.depth, force, cache_root, item_ids=item_ids,
+                                        estimator=models.depth if models else None)
     logger.info(depth_report.summary())
-    embed, embed_report = compute_embeddings(faces, depth, config.embed, force, cache_root, item_ids=item_ids)
+    embed, embed_report = compute_embeddings(faces, depth, config.embed, force, cache_root, item_ids=item_ids,
+                                             embedder=models.embed if models else None)
     logger.info(embed_report.summary())
     write_json_atomic(embed.dir / PREPROCESS_FILE, {
         "config": config.to_dict(),

@@ -79,7 +79,7 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
                                                  f"{error}")
     failed = [v for v in reals["video_id"] if embed.status(f"{prefix}/{v}") == FAILED]
     if failed:
-        log.warning("%d pseudo-fake twins failed (see %s): %s", len(failed), embed.manifest_path, failed[:5])
+        log.warning("%d pseudo-fake twins failed (see %s): %s", len(failed), embed.manifest_dir, failed[:5])
     twins = reals.assign(video_id=prefix + "/" + reals["video_id"].astype(str), label="fake",
                          method=SBI_METHOD)
     log.info("added %d self-blended pseudo-fake videos (%s) to the %s splits", len(twins), prefix,
