@@ -1,10 +1,12 @@
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 from megatron_utils.cli import main
@@ -12,7 +14,7 @@ from megatron_utils.core.cache import FAILED, StageCache
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.models.heads import MegatronHead, model_config
 from megatron_utils.training import train as train_module
-from megatron_utils.training.clips import Augmentation, augment, entry_streams, load_clips
+from megatron_utils.training.clips import Augmentation, augment, entry_layout, load_clips
 from megatron_utils.training.compare import ablation_table
 from megatron_utils.training.train import TrainConfig, learning_rate, resume, train
 
@@ -86,6 +88,20 @@ def test_training_is_deterministic_on_the_cpu(synthetic, full_run, tmp_path):
     columns = ["train_loss", "val_loss", "val_auc", "threshold"]
     pd.testing.assert_frame_equal(pd.read_csv(again / "history.csv")[columns],
                                   pd.read_csv(full_run / "history.csv")[columns])
+
+
+def test_a_split_over_the_preload_limit_trains_from_disk_as_from_memory(synthetic, full_run, tmp_path):
+    index = pd.read_csv(synthetic[0])
+    in_memory = load_clips(index, synthetic[1], "train")
+    on_disk = load_clips(index, synthetic[1], "train", preload_limit_gb=0)
+    assert on_disk.on_disk and not in_memory.on_disk and on_disk.to(torch.device("cpu")) is on_disk
+    for name, value in in_memory.features.items():
+        assert torch.equal(on_disk.features[name], value)
+    assert torch.equal(on_disk.valid, in_memory.valid) and torch.equal(on_disk.video, in_memory.video)
+    streamed = train(*synthetic, replace(FAST, preload_limit_gb=0), model_config("megatron-tiny"),
+                     tmp_path / "streamed")
+    assert "into a memory-mapped file" in (streamed / "train.log").read_text()
+    assert_same_weights(weights(streamed), weights(full_run))
 
 
 def test_resume_after_a_kill_continues_exactly(synthetic, full_run, tmp_path, monkeypatch):
@@ -204,12 +220,20 @@ def test_cli_trains_a_run(synthetic, tmp_path, monkeypatch, capsys):
     assert list(pd.read_csv(tmp_path / "cli" / "history.csv")["epoch"]) == [1, 2]
 
 
-def test_entry_streams_are_the_entry_tensors_aligned_with_valid():
+def test_entry_layout_reads_the_streams_aligned_with_valid(tmp_path):
     valid = np.ones((2, 8), bool)
     entry = {"rgb": np.zeros((2, 8, 4), np.float16), "depth": np.zeros((2, 8, 3), np.float16),
-             "audio": np.zeros((2, 8, 5), np.float16), "valid": valid, "track": np.zeros(2, np.int32)}
-    assert entry_streams(entry) == ["audio", "depth", "rgb"]  # a third stream needs no code here
+             "audio": np.zeros((2, 8, 5), np.float32), "valid": valid, "track": np.zeros(2, np.int32)}
+
+    def layout(tensors):
+        save_file(tensors, str(tmp_path / "entry.safetensors"))
+        return entry_layout(tmp_path / "entry.safetensors")
+
+    mask, streams = layout(entry)
+    assert (mask == valid).all()
+    assert streams == {"audio": ((2, 8, 5), np.float32), "depth": ((2, 8, 3), np.float16),
+                       "rgb": ((2, 8, 4), np.float16)}  # a third stream needs no code here
     with pytest.raises(ValueError, match="disagree with valid"):
-        entry_streams({**entry, "depth": np.zeros((2, 7, 3), np.float16)})
+        layout({**entry, "depth": np.zeros((2, 7, 3), np.float16)})
     with pytest.raises(ValueError, match="valid"):
-        entry_streams({"rgb": entry["rgb"]})
+        layout({"rgb": entry["rgb"]})

@@ -15,12 +15,13 @@ from pathlib import Path
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 
-def rss_mb(pid: int | str = "self") -> float:
-    """Resident memory of a process (this one by default), in MiB, from /proc."""
+def rss_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """Resident memory of a process (this one by default), in MiB, from /proc. `field` "RssAnon" counts
+    only the process's own memory, not the pages of files it maps (which the kernel reclaims at will)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 @functools.cache

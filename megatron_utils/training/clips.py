@@ -11,16 +11,18 @@ temporal crop and frame dropout) works on whole batches and only when asked, i.e
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..core.cache import StageCache
@@ -48,6 +50,7 @@ class ClipSet:
     video: torch.Tensor  # int64 [N], row of `videos`
     videos: pd.DataFrame
     missing: dict[str, str] = field(default_factory=dict)  # video_id -> why it has no clips
+    on_disk: bool = False  # features and valid are memory-mapped from a file: batches page in, never moved
 
     def __len__(self) -> int:
         return len(self.label)
@@ -61,7 +64,10 @@ class ClipSet:
         return (self.videos["label"] == "fake").to_numpy(dtype=np.int64)
 
     def to(self, device: torch.device) -> ClipSet:
-        """Move the tensors to `device` once (the whole FF++ embed set is a few hundred MB)."""
+        """Move the tensors to `device` once (the whole FF++ embed set is a few hundred MB); a set on disk
+        stays there, and `iterate_batches` moves each batch."""
+        if self.on_disk:
+            return self
         return ClipSet({name: value.to(device) for name, value in self.features.items()},
                        *(tensor.to(device) for tensor in (self.valid, self.label, self.video)),
                        videos=self.videos, missing=self.missing)
@@ -70,7 +76,7 @@ class ClipSet:
         """These clips only; the videos table is kept whole, so `video` still indexes it."""
         return ClipSet({name: value[picked] for name, value in self.features.items()},
                        *(tensor[picked] for tensor in (self.valid, self.label, self.video)),
-                       videos=self.videos, missing=self.missing)
+                       videos=self.videos, missing=self.missing, on_disk=self.on_disk)
 
     def class_counts(self) -> tuple[int, int]:
         fakes = int(self.label.sum())
@@ -87,9 +93,15 @@ def source_paths(embed_cache: StageCache) -> dict[str, str]:
             if record.get("path")}
 
 
-def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | None = None) -> ClipSet:
+def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | None = None,
+               preload_limit_gb: float | None = None) -> ClipSet:
     """The clips of the index's videos in `split` (all videos if None). Videos the cache lacks (never
-    embedded, or failed) and clips without one valid frame are skipped with a warning, never silently."""
+    embedded, or failed) and clips without one valid frame are skipped with a warning, never silently.
+
+    A first pass reads each entry's header and `valid` mask only; the clips then go straight into their
+    final arrays, so memory peaks at the split's size. A split larger than `preload_limit_gb` (default
+    $MEGATRON_PRELOAD_GB or 8) goes into a memory-mapped temporary file beside the cache instead, and
+    batches page in from disk (`ClipSet.on_disk`)."""
     cache = StageCache.open(cache_dir, "embed")
     rows = index if split is None else index[index["split"] == split]
     if rows.empty:
@@ -98,12 +110,11 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
     done = set(cache.done_items())
     sources = source_paths(cache)
     missing: dict[str, str] = {}
-    arrays: dict[str, list[np.ndarray]] = {}
-    clip_video: list[int] = []
-    kept_rows: list[int] = []
-    empty_clips = 0
+    layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # stream -> ([C, T, D] of the first, dtype)
+    kept: list[tuple[int, str, np.ndarray]] = []  # (row number, video id, clips with a valid frame)
+    empty_clips = frames = 0  # frames: the longest T (entries may differ; shorter ones are padded)
     for row_number, (video_id, path) in enumerate(tqdm(zip(rows["video_id"], rows["path"], strict=True),
-                                                       total=len(rows), desc=f"load {split or 'all'} clips",
+                                                       total=len(rows), desc=f"scan {split or 'all'} clips",
                                                        leave=False)):
         if video_id not in done:
             missing[video_id] = failures.get(video_id) or "not in the embed cache"
@@ -114,60 +125,85 @@ def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | N
             missing[video_id] = f"its embeddings were made from {made_from}, not {path}; preprocess again"
             continue
         try:
-            tensors, _ = cache.read(video_id)
-            streams = entry_streams(tensors)
+            valid, shapes = entry_layout(cache.entry_path(video_id))
         except (OSError, ValueError, SafetensorError) as error:
             missing[video_id] = f"unreadable embed entry {cache.entry_path(video_id)}: {error}"
             continue
-        if arrays and set(streams) != set(arrays) - {"valid"}:
-            missing[video_id] = f"holds streams {streams}, the others {sorted(set(arrays) - {'valid'})}"
+        if layout and set(shapes) != set(layout):
+            missing[video_id] = f"holds streams {sorted(shapes)}, the others {sorted(layout)}"
             continue
-        keep = tensors["valid"].any(axis=1)
+        for name, shape_and_type in shapes.items():
+            layout.setdefault(name, shape_and_type)
+        keep = valid.any(axis=1)
         empty_clips += int((~keep).sum())
         if not keep.any():
             missing[video_id] = "no clip has a valid frame"
             continue
-        for name in [*streams, "valid"]:
-            arrays.setdefault(name, []).append(tensors[name][keep])
-        clip_video += [len(kept_rows)] * int(keep.sum())
-        kept_rows.append(row_number)
+        kept.append((row_number, video_id, np.flatnonzero(keep)))
+        frames = max(frames, valid.shape[1])
     if missing:
         listed = ", ".join(f"{v} ({why})" for v, why in list(missing.items())[:5])
         log.warning("%d of %d %s videos have no usable embeddings and are skipped: %s%s", len(missing),
                     len(rows), split or "indexed", listed, " ..." if len(missing) > 5 else "")
     if empty_clips:
         log.warning("skipped %d clips without a valid frame", empty_clips)
-    if not kept_rows:
+    if not kept:
         raise ValueError(f"none of the {len(rows)} {split or 'indexed'} videos is in the embed cache "
                          f"{cache.dir}")
-    videos = rows.iloc[kept_rows].reset_index(drop=True)
-    video = torch.tensor(clip_video, dtype=torch.int64)
-    frames = max(a.shape[1] for a in arrays["valid"])
-    stacked = {name: torch.from_numpy(np.concatenate([pad_frames(a, frames) for a in parts]))
-               for name, parts in arrays.items()}
-    valid = stacked.pop("valid")
+    count = sum(len(clips) for _, _, clips in kept)
+    sizes = {name: (count, frames, shape[2]) for name, (shape, _) in layout.items()}
+    total_gb = (sum(np.prod(size) * np.dtype(dtype).itemsize for size, (_, dtype) in
+                    zip(sizes.values(), layout.values(), strict=True)) + count * frames) / 2**30
+    limit = float(os.environ.get("MEGATRON_PRELOAD_GB", 8)) if preload_limit_gb is None else preload_limit_gb
+    on_disk = total_gb > limit
+    allocate = functools.partial(_disk_array, cache.dir) if on_disk else np.zeros
+    arrays = {name: allocate(sizes[name], layout[name][1]) for name in layout}
+    valid_array = allocate((count, frames), np.bool_)
+    clip_video = np.empty(count, np.int64)
+    offset = 0
+    progress = tqdm(kept, desc=f"load {split or 'all'} clips", leave=False)
+    for number, (_, video_id, clips) in enumerate(progress):
+        tensors, _ = cache.read(video_id)
+        span = slice(offset, offset + len(clips))
+        for name in layout:
+            value = tensors[name][clips]
+            arrays[name][span, : value.shape[1]] = value
+        valid_array[span, : tensors["valid"].shape[1]] = tensors["valid"][clips]
+        clip_video[span] = number
+        offset += len(clips)
+    videos = rows.iloc[[row_number for row_number, _, _ in kept]].reset_index(drop=True)
+    video = torch.from_numpy(clip_video)
     label = torch.from_numpy((videos["label"] == "fake").to_numpy(np.float32))[video]
-    clips = ClipSet(stacked, valid, label, video, videos=videos, missing=missing)
-    log.info("loaded %d clips of %d %s videos (%d real, %d fake clips) from %s", len(clips), len(videos),
-             split or "indexed", *clips.class_counts(), cache.dir)
+    clips = ClipSet({name: torch.from_numpy(value) for name, value in arrays.items()},
+                    torch.from_numpy(valid_array), label, video, videos=videos, missing=missing,
+                    on_disk=on_disk)
+    log.info("loaded %d clips of %d %s videos (%d real, %d fake clips) from %s%s", len(clips), len(videos),
+             split or "indexed", *clips.class_counts(), cache.dir,
+             f" into a memory-mapped file ({total_gb:.1f} GB > {limit:g} GB)" if on_disk else "")
     return clips
 
 
-def entry_streams(tensors: dict[str, np.ndarray]) -> list[str]:
-    """The streams of an embed entry: its [C, T, D] tensors, which must agree with `valid` [C, T]."""
-    if "valid" not in tensors or tensors["valid"].ndim != 2:
+def _disk_array(folder: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """A zeroed array in an unnamed temporary file in `folder` (gone when closed, even after a kill)."""
+    return np.memmap(tempfile.TemporaryFile(dir=folder), dtype=dtype, mode="w+", shape=shape)
+
+
+SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BOOL": np.bool_}
+
+
+def entry_layout(path: Path) -> tuple[np.ndarray, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+    """An embed entry's `valid` [C, T] and each stream's ([C, T, D], dtype), reading nothing else."""
+    with safe_open(str(path), framework="numpy") as handle:
+        valid = handle.get_tensor("valid") if "valid" in handle.keys() else None  # noqa: SIM118
+        shapes = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                  for name in handle.keys()}  # noqa: SIM118
+    if valid is None or valid.ndim != 2:
         raise ValueError("lacks a valid [C, T] mask")
-    streams = sorted(name for name, value in tensors.items() if value.ndim == 3)
-    shapes = {name: tensors[name].shape for name in [*streams, "valid"]}
-    if not streams or any(shapes[name][:2] != shapes["valid"] for name in streams):
+    streams = {name: (shape, np.dtype(SAFETENSORS_DTYPES.get(dtype, np.float32)))
+               for name, (shape, dtype) in shapes.items() if len(shape) == 3}
+    if not streams or any(shape[:2] != valid.shape for shape, _ in streams.values()):
         raise ValueError(f"no feature stream, or shapes that disagree with valid: {shapes}")
-    return streams
-
-
-def pad_frames(array: np.ndarray, frames: int) -> np.ndarray:
-    """Pad axis 1 (time) to `frames` with zeros (False for `valid`), so caches with ragged T stack."""
-    extra = frames - array.shape[1]
-    return np.pad(array, [(0, 0), (0, extra)] + [(0, 0)] * (array.ndim - 2)) if extra else array
+    return valid, streams
 
 
 @dataclass
@@ -204,17 +240,25 @@ def augment(features: dict[str, torch.Tensor], valid: torch.Tensor, config: Augm
 
 
 def iterate_batches(clips: ClipSet, batch_size: int, *, shuffle: bool = False,
-                    generator: torch.Generator | None = None, augmentation: Augmentation | None = None):
+                    generator: torch.Generator | None = None, augmentation: Augmentation | None = None,
+                    device: torch.device | str = "cpu"):
     """Yield (features {stream: float32 [B, T, D]}, valid [B, T], label [B]) sliced from the preloaded
-    tensors."""
+    tensors; a set on disk is read batch by batch and each batch moved to `device`."""
     if (shuffle or augmentation) and generator is None:
         raise ValueError("shuffling or augmenting needs a torch.Generator (for reproducible runs)")
     order = torch.randperm(len(clips), generator=generator) if shuffle else torch.arange(len(clips))
     order = order.to(clips.label.device)
     for start in range(0, len(clips), batch_size):
         picked = order[start:start + batch_size]
-        features = {name: value[picked].float() for name, value in clips.features.items()}
-        valid = clips.valid[picked]
+        if clips.on_disk:  # ascending reads from the mapped file, then the batch's own order again
+            ascending, positions = picked.sort()
+            back = positions.argsort()
+            features = {name: value[ascending][back].to(device).float()
+                        for name, value in clips.features.items()}
+            valid = clips.valid[ascending][back].to(device)
+        else:
+            features = {name: value[picked].float() for name, value in clips.features.items()}
+            valid = clips.valid[picked]
         if augmentation is not None:
             features, valid = augment(features, valid, augmentation, generator)
-        yield features, valid, clips.label[picked]
+        yield features, valid, clips.label[picked].to(valid.device)

@@ -77,7 +77,7 @@ def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 51
     was_training = model.training
     model.eval()
     probabilities = []
-    for features, valid, _ in iterate_batches(clips, batch_size):
+    for features, valid, _ in iterate_batches(clips, batch_size, device=device):
         with autocast(device, amp):
             logits = model(**features, valid=valid)
         probabilities.append(torch.sigmoid(logits.float()[:, 0]).cpu())

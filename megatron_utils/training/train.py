@@ -71,6 +71,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model (CUDA, long runs)
     eval_batch_size: int = 512
+    preload_limit_gb: float = 8.0  # larger splits are memory-mapped from disk instead (clips.load_clips)
     # Fakes seen in training and selection: "dataset", "sbi" (self-blended twins of the train/val reals
     # instead: no dataset fake is seen) or "both"
     fakes: str = "dataset"
@@ -197,8 +198,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
     generator = torch.Generator().manual_seed(train_cfg.seed)
     index_table = index if isinstance(index, pd.DataFrame) else read_index(index)
     seen = training_index(index_table, embed_cache_dir, train_cfg.fakes, train_cfg.seed)
-    train_clips = load_clips(seen, embed_cache_dir, "train").to(device)
-    val_clips = load_clips(seen, embed_cache_dir, "val").to(device)
+    train_clips = load_clips(seen, embed_cache_dir, "train", train_cfg.preload_limit_gb).to(device)
+    val_clips = load_clips(seen, embed_cache_dir, "val", train_cfg.preload_limit_gb).to(device)
     if train_clips.streams != val_clips.streams:
         raise ValueError(f"the train and val embeddings hold different streams: {train_clips.streams} and "
                          f"{val_clips.streams}")
@@ -270,7 +271,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         model.train()
         loss_sum = torch.zeros((), device=device)
         batches = iterate_batches(train_clips, train_cfg.batch_size, shuffle=True, generator=generator,
-                                  augmentation=augmentation)
+                                  augmentation=augmentation, device=device)
         progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {state['epoch'] + 1}", leave=False,
                         disable=not world.main)
         for features, valid, label in progress:
