@@ -49,3 +49,28 @@ def test_two_processes_train_as_one(tiny_run, tmp_path):
     np.testing.assert_allclose(scores["two"], scores["one"], atol=1e-4)
     # One writer: one checkpoint set, no stray temporaries from the second rank.
     assert sorted(path.name for path in (tmp_path / "two").iterdir() if path.name.startswith(".")) == []
+
+
+def test_two_processes_finetune_the_embedder(tiny_run, tmp_path):
+    """torchrun finetune: the global batch is shared out and the gradients averaged. On the CPU each rank
+    normalises its half batch with its own batch statistics (SyncBatchNorm needs CUDA), so the curve
+    follows one process's closely rather than exactly."""
+    _, table, embed_dir = tiny_run
+    write_index(table, tmp_path / "index.csv")
+    faces_dir = next((embed_dir.parent.parent / "faces").iterdir())
+    options = ["finetune", "--index", str(tmp_path / "index.csv"), "--faces", str(faces_dir),
+               "--backbone", "tiny_random", "--epochs", "2", "--batch-size", "8", "--crops-per-video", "4",
+               "--device", "cpu"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "megatron_utils", *options, "--out", str(tmp_path / "one")],
+                   check=True, env=environment, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                          "2", "-m", "megatron_utils", *options, "--out", str(tmp_path / "two")],
+                         env=environment, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "fine-tuning on 2 processes (gloo)" in (tmp_path / "two" / "finetune.log").read_text()
+    curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
+    assert len(curves["two"]) == 2
+    print(curves["one"][["train_loss", "val_sbi_auc"]], curves["two"][["train_loss", "val_sbi_auc"]])
+    np.testing.assert_allclose(curves["two"]["train_loss"], curves["one"]["train_loss"], rtol=0.05)
+    assert (tmp_path / "two" / "best" / "finetune.json").is_file()

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ..core.cache import StageCache, write_json_atomic
 from ..datasets import read_index
 from ..models.backbones import AUTO, FINETUNED_MARKER, Backbone, create_backbone
 from ..preprocessing.batching import prepare_pixels, resolve_device, to_unit_tensor
+from .distributed import Distributed, distributed
 from .evaluate import autocast
 from .sbi import AugmentConfig, SBIConfig, augment, self_blend
 from .train import learning_rate, load_training_state, log_to_file, save_checkpoint
@@ -271,20 +273,25 @@ def validation_metrics(probs: np.ndarray, source: np.ndarray, video: np.ndarray)
 
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
              config: FinetuneConfig, out_dir: str | os.PathLike, resume: bool = False) -> Path:
-    """Fine-tune on the index's train split, select on its val split; returns `<out_dir>/best`."""
+    """Fine-tune on the index's train split, select on its val split; returns `<out_dir>/best`. Under
+    torchrun, each process trains on its share of every batch (see `distributed.py`)."""
     out_dir = Path(out_dir)
-    if (out_dir / "best" / FINETUNED_MARKER).exists() and not resume:
-        raise ValueError(f"{out_dir} already holds a fine-tuning run; resume it or choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(out_dir / "finetune.log"):
-        return _finetune(index, StageCache.open(faces_cache_dir, "faces"), config, out_dir, resume)
+    device = resolve_device(config.device)
+    with distributed(device) as world:
+        if world.main:
+            if (out_dir / "best" / FINETUNED_MARKER).exists() and not resume:
+                raise ValueError(f"{out_dir} already holds a fine-tuning run; resume it or choose another "
+                                 "folder")
+            out_dir.mkdir(parents=True, exist_ok=True)
+        with log_to_file(out_dir / "finetune.log") if world.main else nullcontext():
+            return _finetune(index, StageCache.open(faces_cache_dir, "faces"), config, out_dir, resume,
+                             world.device(device), world)
 
 
 def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config: FinetuneConfig,
-              out_dir: Path, resume: bool) -> Path:
+              out_dir: Path, resume: bool, device: torch.device, world: Distributed) -> Path:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # kept for save_checkpoint's RNG state
-    device = resolve_device(config.device)
     table = index if isinstance(index, pd.DataFrame) else read_index(index)
     train_frames = load_frames(table, faces, "train", config.crops_per_video)
     val_frames = load_frames(table, faces, "val", config.crops_per_video)
@@ -294,7 +301,11 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
     val_video = np.r_[val_frames.video, np.full((val_source == 2).sum(), -1)]
 
     backbone = create_backbone(config.backbone, weights=config.weights)
-    model = FrameClassifier(backbone, config.input_size).to(device)
+    model = FrameClassifier(backbone, config.input_size)
+    if world.enabled and device.type == "cuda":  # batch statistics over the global batch, as one GPU sees
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    log.info("fine-tuning on %s", world)
     log.info("fine-tuning %s (%s) at %d px on %s: %d train crops (%d real), %d val images; fakes=%s",
              model.name, model.base_weights, model.input_size, device, len(train_frames),
              int((train_frames.label == 0).sum()), len(val_images), config.fakes)
@@ -311,13 +322,16 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
         state = load_training_state(out_dir / "last", optimizer, generator)
         history = pd.read_csv(out_dir / "history.csv").to_dict("records")[: state["epoch"]]
         log.info("resuming %s at epoch %d", out_dir, state["epoch"])
-    write_json_atomic(out_dir / "finetune.json", {"config": asdict(config), "train_crops": len(train_frames),
-                                                  "val_images": len(val_images), "device": str(device)})
+    if world.main:
+        write_json_atomic(out_dir / "finetune.json", {
+            "config": asdict(config), "train_crops": len(train_frames), "val_images": len(val_images),
+            "device": str(device), "processes": world.world_size})
+    step_model = world.wrap(model, device)
 
     reals = int((train_frames.label == 0).sum())
     steps_per_epoch = math.ceil(reals / (config.batch_size // 2))
     total_steps = config.epochs * steps_per_epoch
-    criterion = nn.BCEWithLogitsLoss()
+    criterion = nn.BCEWithLogitsLoss(reduction="sum")
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         if config.max_minutes is not None and state["seconds"] >= 60 * config.max_minutes:
             log.info("time budget of %.1f minutes reached", config.max_minutes)
@@ -325,27 +339,34 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
         started = time.perf_counter()
         rng = np.random.default_rng([config.seed, state["epoch"]])  # per epoch, so a resumed run is identical
         model.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros(2, dtype=torch.float64), 0
         progress = tqdm(training_batches(train_frames, config, rng), total=steps_per_epoch,
-                        desc=f"finetune epoch {state['epoch'] + 1}", leave=False, unit="step")
+                        desc=f"finetune epoch {state['epoch'] + 1}", leave=False, unit="step",
+                        disable=not world.main)
         for images, labels in progress:
+            batch_size, share = len(labels), world.share(len(labels))
+            images, labels = images[share], labels[share]
             lr = learning_rate(state["step"], total_steps, config.lr, config.min_lr, config.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             with autocast(device, config.amp):
-                logits = model(to_unit_tensor(images, device))
-            loss = criterion(logits.float(), torch.from_numpy(labels).to(device))
+                logits = step_model(to_unit_tensor(images, device))
+            share_loss = criterion(logits.float(), torch.from_numpy(labels).to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
+            (share_loss * world.world_size / batch_size).backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
+            loss_sum += torch.tensor([share_loss.item(), len(labels)], dtype=torch.float64)
+            seen += batch_size
             state["step"] += 1
-            progress.set_postfix(loss=f"{loss_sum / seen:.3f}",
+            progress.set_postfix(loss=f"{loss_sum[0] / loss_sum[1]:.3f}",
                                  crops_per_s=f"{seen / (time.perf_counter() - started):.1f}")
         train_seconds = time.perf_counter() - started
-        probs = frame_probabilities(model, val_images, device, config.amp)
-        row = {"epoch": state["epoch"] + 1, "lr": lr, "train_loss": loss_sum / seen,
+        total_loss, crops = world.sum(loss_sum.to(device)).tolist()
+        share = world.share(len(val_images))
+        probs = world.gather(frame_probabilities(model, val_images[share], device, config.amp))
+        row = {"epoch": state["epoch"] + 1, "lr": lr, "train_loss": total_loss / crops,
                "crops_per_second": seen / train_seconds,
                **validation_metrics(probs, val_source, val_video)}
         state["epoch"] += 1
@@ -355,11 +376,13 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
         if row["score"] > state["best_score"]:
             state.update(best_score=row["score"], best_epoch=state["epoch"], bad_epochs=0)
             model.selected = row
-            save_checkpoint(out_dir / "best", model)
+            if world.main:
+                save_checkpoint(out_dir / "best", model)
         else:
             state["bad_epochs"] += 1
-        save_checkpoint(out_dir / "last", model, optimizer, state, generator)
-        pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+        if world.main:
+            save_checkpoint(out_dir / "last", model, optimizer, state, generator)
+            pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
         log.info("finetune epoch %d: loss %.4f, %.1f crops/s, val %s", state["epoch"], row["train_loss"],
                  row["crops_per_second"], {k: round(v, 4) for k, v in row.items() if k.startswith("val_")})
     log.info("best validation score %.4f at epoch %d -> %s", state["best_score"], state["best_epoch"],
