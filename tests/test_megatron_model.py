@@ -12,6 +12,7 @@ from megatron_utils.models.heads import MegatronHead, model_config
 from megatron_utils.models.megatron import MegatronModel
 from megatron_utils.preprocessing.depth import DepthConfig, DepthEstimator, compute_depth
 from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings
+from megatron_utils.training.attacks import AttackConfig, attack_clips
 
 STREAMS = {"cross_attention": {}, "concat": {"fusion": "concat"}, "rgb_only": {"streams": "rgb"},
            "depth_only": {"streams": "depth"}}
@@ -82,3 +83,54 @@ def test_a_few_training_steps_reach_the_pixels_the_depth_model_and_both_embedder
     assert crops.grad is not None and crops.grad[valid].abs().sum() > 0  # the input pixels
     assert crops.grad[~valid].abs().sum() == 0  # padded frames never influence the verdict
     assert losses[-1] < losses[0]
+
+
+@pytest.fixture(scope="module")
+def attacked(setup):
+    """The clean clips, a random head's verdicts taken as the true labels (so every attack has a score to
+    push down), and P(true class) after each attack at eps 8/255."""
+    _, _, cached, pixels = setup
+    model = megatron(setup).requires_grad_(False)
+    valid = torch.from_numpy(cached["valid"])
+    with torch.no_grad():
+        clean = torch.sigmoid(model(pixels, valid))[:, 0]
+    labels = (clean >= 0.5).long()
+    eps = 8 / 255
+
+    def p_true(crops):
+        with torch.no_grad():
+            p = torch.sigmoid(model(crops, valid))[:, 0]
+        return torch.where(labels == 1, p, 1 - p)
+
+    config = AttackConfig(steps=10, queries=60)
+    adversarial = {name: attack_clips(model, pixels, valid, labels, name, eps, config)
+                   for name in ("fgsm", "pgd", "square")}
+    assert not model.training  # the attacks leave the model in eval mode
+    signs = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    adversarial["noise"] = (pixels + torch.where(signs, -eps, eps)).clamp(0, 1)
+    harmed = {name: p_true(crops) for name, crops in adversarial.items()}
+    return model, pixels, valid, labels, eps, p_true(pixels), harmed, adversarial
+
+
+def test_eps_zero_is_the_clean_clip(setup, attacked):
+    model, pixels, valid, labels, *_ = attacked
+    assert attack_clips(model, pixels, valid, labels, "pgd", 0.0) is pixels
+
+
+def test_attacks_stay_within_eps_and_the_pixel_range(attacked):
+    _, pixels, valid, _, eps, _, _, adversarial = attacked
+    for name, crops in adversarial.items():
+        assert crops.shape == pixels.shape
+        assert (crops - pixels).abs().max() <= eps + 1e-6, name
+        assert crops.min() >= 0 and crops.max() <= 1, name
+
+
+def test_pgd_hurts_more_than_fgsm_and_fgsm_more_than_noise_of_the_same_size(attacked):
+    _, pixels, *_, clean, p_true, adversarial = attacked
+    assert (clean >= 0.5).all()
+    mean = {name: float(value.mean()) for name, value in p_true.items()}
+    assert mean["pgd"] < mean["fgsm"] < mean["noise"] <= float(clean.mean()) + 1e-3, mean
+    # Square (black-box) keeps a perturbation only where it flips the verdict within its query budget.
+    flipped = (adversarial["square"] != pixels).flatten(1).any(dim=1)
+    assert (p_true["square"][flipped] < 0.5).all()
+    assert torch.equal(p_true["square"][~flipped], clean[~flipped])

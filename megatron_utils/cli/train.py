@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..models.heads import DEFAULT_MODEL, list_models, model_config
+from ..training.attacks import AttackConfig, list_attacks
 from ..training.corruptions import list_corruptions
 from ..training.evaluate import evaluate_on_data, evaluate_run
 from ..training.pseudo_fakes import TRAINING_FAKES
@@ -58,6 +59,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "RUN_DIR/eval/robustness/robustness.csv and .png)")
     parser.add_argument("--severities", nargs="+", type=int, default=[1, 3, 5], metavar="N",
                         help="corruption severities 1-5 (default: 1 3 5)")
+    parser.add_argument("--attack", nargs="+", choices=list_attacks(), help="also attack the split's "
+                        "clips through the whole pixel path (writes RUN_DIR/eval/adversarial/adversarial.csv "
+                        "and .png)")
+    parser.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4, 8], metavar="N",
+                        help="L-infinity budgets in 1/255 (default: 1 2 4 8)")
+    parser.add_argument("--attack-steps", type=int, default=AttackConfig.steps, help="PGD iterations")
+    parser.add_argument("--attack-step-size", type=float, metavar="N", help="PGD step in 1/255 "
+                        "(default: eps / 4)")
+    parser.add_argument("--queries", type=int, default=AttackConfig.queries, help="Square: queries per clip")
+    parser.add_argument("--attack-videos", type=int, metavar="N", help="attack only N videos of the split, "
+                        "half real and half fake (attacks through the whole pixel path are slow on a CPU)")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -84,6 +96,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
+    if args.attack:
+        from ..training.attacks import adversarial_table
+
+        config = AttackConfig(steps=args.attack_steps, queries=args.queries,
+                              step_size=args.attack_step_size / 255 if args.attack_step_size else None)
+        device = "cpu" if args.device == "auto" else args.device
+        table = adversarial_table(args.run_dir, args.attack, args.eps, args.split or "test", args.out, config,
+                                  args.checkpoint, device, args.attack_videos)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"adversarial: {(args.out or args.run_dir / 'eval' / 'adversarial') / 'adversarial.csv'}")
+        return 0
     if args.corrupt:
         from ..training.corruptions import robustness_table
 

@@ -62,16 +62,17 @@ def plot_training_curves(history: pd.DataFrame, path: str | os.PathLike) -> None
     figure.savefig(path, bbox_inches="tight")
 
 
-def plot_robustness(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Video AUC against severity, one line per corruption, from the clean score (severity 0)."""
+def plot_robustness(table: pd.DataFrame, path: str | os.PathLike, kind: str = "corruption",
+                    level: str = "severity", title: str = "Detection under real-world corruptions") -> None:
+    """Video AUC against `level` (severity, eps), one line per `kind` (corruption, attack), from the clean
+    score (the row whose `kind` is "none", at level 0)."""
     figure = Figure(figsize=(7, 4), dpi=100)
     axes = figure.add_subplot()
-    clean = table[table["corruption"] == "none"]
-    for name, rows in table[table["corruption"] != "none"].groupby("corruption", sort=False):
-        rows = pd.concat([clean, rows]).sort_values("severity")
-        axes.plot(rows["severity"], rows["auc"], marker="o", label=name)
+    clean = table[table[kind] == "none"]
+    for name, rows in table[table[kind] != "none"].groupby(kind, sort=False):
+        rows = pd.concat([clean, rows]).sort_values(level)
+        axes.plot(rows[level], rows["auc"], marker="o", label=name)
     axes.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
-    axes.set(xlabel="severity (0: clean)", ylabel="video AUC", ylim=(0, 1.02),
-             title="Detection under real-world corruptions")
+    axes.set(xlabel=f"{level} (0: clean)", ylabel="video AUC", ylim=(0, 1.02), title=title)
     axes.legend(loc="lower left", fontsize="small", ncol=2)
     figure.savefig(path, bbox_inches="tight")

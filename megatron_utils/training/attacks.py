@@ -1,0 +1,173 @@
+"""Adversarial evaluation through the whole pixel path of `MegatronModel` (face crops -> depth provider ->
+both embedders -> temporal head), with torchattacks: white-box FGSM and PGD (L-infinity) and the
+black-box Square attack with a query budget.
+
+    megatron evaluate runs/NAME --attack fgsm pgd square --eps 1 2 4 8      # eps in 1/255 units
+
+Each video's clips are rebuilt from the faces cache exactly as the embed stage laid them out, attacked
+with the video's true label (the attack pushes the score away from it), and scored; the video score is
+the mean of its clips', as in `evaluate`. Square, as torchattacks implements it, keeps a perturbed clip
+only where it flips the verdict within its query budget; elsewhere the clip stays clean. torchattacks
+attacks image classifiers, so `ClipAsImage` shows it a clip [T, 3, S, S] as one image [3, T x S, S] and
+the detector's logit z as the two logits (0, z).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.cache import StageCache, atomic_path
+from ..core.registry import Registry
+from ..models.checkpoint import decision_threshold
+from ..models.megatron import MegatronModel
+from ..visualization.plots import plot_robustness
+from .evaluate import binary_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackConfig:
+    steps: int = 10  # PGD iterations
+    step_size: float | None = None  # PGD step, in pixel units of [0, 1] (default: eps / 4)
+    queries: int = 200  # Square: model evaluations per clip
+    seed: int = 0
+
+
+ATTACKS: Registry[Callable[..., object]] = Registry("attack")
+
+
+def _torchattacks():
+    try:
+        import torchattacks
+    except ImportError as error:  # its pins (requests~=2.25) are too old to install with its dependencies
+        raise ImportError("adversarial evaluation needs torchattacks: pip install --no-deps "
+                          "torchattacks==3.5.1 (scripts/setup.sh does)") from error
+    return torchattacks
+
+
+@ATTACKS.register
+def fgsm(model: nn.Module, eps: float, config: AttackConfig):
+    return _torchattacks().FGSM(model, eps=eps)
+
+
+@ATTACKS.register
+def pgd(model: nn.Module, eps: float, config: AttackConfig):
+    return _torchattacks().PGD(model, eps=eps, alpha=config.step_size or eps / 4, steps=config.steps,
+                            random_start=True)
+
+
+@ATTACKS.register
+def square(model: nn.Module, eps: float, config: AttackConfig):
+    return _torchattacks().Square(model, norm="Linf", eps=eps, n_queries=config.queries, seed=config.seed)
+
+
+def list_attacks() -> list[str]:
+    return sorted(ATTACKS)
+
+
+class ClipAsImage(nn.Module):
+    """A clip [B, T, 3, S, S] as torchattacks' image [B, 3, T*S, S]; the logit z as logits (0, z)."""
+
+    def __init__(self, model: MegatronModel):
+        super().__init__()
+        self.model = model
+        self.valid: torch.Tensor | None = None  # the clips' valid frames, set before each attack
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, height, size = images.shape
+        crops = images.view(batch, 3, height // size, size, size).transpose(1, 2)
+        logit = self.model(crops, self.valid[:batch])
+        return torch.cat([torch.zeros_like(logit), logit], dim=1)
+
+
+def attack_clips(model: MegatronModel, crops: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
+                 attack: str, eps: float, config: AttackConfig | None = None) -> torch.Tensor:
+    """Adversarial copies of `crops` [B, T, 3, S, S] in [0, 1] (labels: 1 = fake), within `eps` in
+    L-infinity and in [0, 1]; eps 0 returns the crops unchanged."""
+    if eps == 0:
+        return crops
+    # In eval mode: torchattacks puts the model back in the mode it found it in, and a new Module trains.
+    wrapper = ClipAsImage(model).eval()
+    wrapper.valid = valid
+    attacker = ATTACKS.entry(attack)(wrapper, eps, config or AttackConfig())
+    batch, frames, _, size, _ = crops.shape
+    images = crops.transpose(1, 2).reshape(batch, 3, frames * size, size)
+    adversarial = attacker(images, labels.long())
+    return adversarial.view(batch, 3, frames, size, size).transpose(1, 2).detach()
+
+
+def video_clips(faces: StageCache, embed: StageCache, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T]) of a video, laid out as its embed entry."""
+    embedded, _ = embed.read(video_id)
+    detected, _ = faces.read(video_id)
+    row_of = {int(frame): row for row, frame in enumerate(detected["frame_index"])}
+    crops = np.zeros((*embedded["valid"].shape, *detected["crops"].shape[1:]), np.uint8)
+    for clip, frames in enumerate(embedded["frame_index"]):
+        for t, frame in enumerate(frames):
+            if embedded["valid"][clip, t] and int(frame) in row_of:
+                crops[clip, t] = detected["crops"][row_of[int(frame)]]
+    pixels = torch.from_numpy(crops).permute(0, 1, 4, 2, 3).float() / 255
+    return pixels, torch.from_numpy(embedded["valid"])
+
+
+def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: list[float],
+                      split: str = "test", out_dir: str | os.PathLike | None = None,
+                      config: AttackConfig | None = None, checkpoint: str = "best", device: str = "cpu",
+                      max_videos: int | None = None) -> pd.DataFrame:
+    """Clean and robust video AUC (with interval), balanced accuracy and mean P(true class) of the run on
+    its split, per attack and eps (in 1/255); writes adversarial.csv and adversarial.png."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / "adversarial"
+    config = config or AttackConfig()
+    for name in attacks:
+        ATTACKS.entry(name)  # an unknown name fails before any work
+    model = MegatronModel.from_run(run_dir, checkpoint, device).requires_grad_(False)
+    threshold = decision_threshold(run_dir / checkpoint, model.head.config.threshold)
+    embed = StageCache.open(json.loads((run_dir / "config.json").read_text())["data"]["embed_cache"], "embed")
+    faces = StageCache.open(embed.dir.parent.parent / "faces" / str(embed.config["faces"]), "faces")
+    table = pd.read_csv(run_dir / "index.csv")
+    table = table[(table["split"] == split) & table["video_id"].isin(set(embed.done_items()))]
+    if max_videos:  # half real, half fake, so the AUC stays defined on a quick subset
+        table = table.groupby("label", group_keys=False).head(max(1, max_videos // 2))
+    if table.empty:
+        raise ValueError(f"{run_dir} has no embedded {split!r} videos to attack")
+    labels = (table["label"] == "fake").to_numpy(np.int64)
+    settings = [("none", 0.0)] + [(name, eps) for name in attacks for eps in eps_255 if eps > 0]
+    scores = {setting: [] for setting in settings}
+    for video_id, label in tqdm(zip(table["video_id"], labels, strict=True), total=len(table),
+                                desc="adversarial", unit="video"):
+        crops, valid = video_clips(faces, embed, video_id)
+        crops, valid = crops.to(device), valid.to(device)
+        target = torch.full((len(crops),), int(label), device=device)
+        for attack, eps in settings:
+            attacked = attack_clips(model, crops, valid, target, attack, eps / 255, config)
+            with torch.no_grad():
+                scores[(attack, eps)].append(float(torch.sigmoid(model(attacked, valid)).mean()))
+    rows = []
+    for (attack, eps), probs in scores.items():
+        probs = np.asarray(probs)
+        metrics = binary_metrics(labels, probs, threshold)
+        rows.append({"attack": attack, "eps": eps, "videos": len(probs), "auc": metrics["auc"],
+                     "auc_low": metrics["auc_low"], "auc_high": metrics["auc_high"],
+                     "balanced_accuracy": metrics["balanced_accuracy"],
+                     "p_true_class": float(np.mean(np.where(labels == 1, probs, 1 - probs)))})
+    result = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "adversarial.csv") as tmp:
+        result.to_csv(tmp, index=False)
+    plot_robustness(result, out_dir / "adversarial.png", kind="attack", level="eps",
+                    title="Detection under adversarial attacks (eps in 1/255)")
+    log.info("adversarial evaluation of %s on %d %s videos: %s", run_dir, len(table), split, out_dir)
+    return result
