@@ -7,13 +7,20 @@ import torch
 
 import megatron_utils.training.finetune
 from megatron_utils.cli import main
+from megatron_utils.cli.finetune import fraction
 from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, write_index
 from megatron_utils.models.backbones import create_backbone
 from megatron_utils.preprocessing.batching import images_to_tensor
 from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
-from megatron_utils.training.finetune import FinetuneConfig, finetune, load_frames, training_batches
+from megatron_utils.training.finetune import (
+    FinetuneConfig,
+    finetune,
+    load_finetuned_state,
+    load_frames,
+    training_batches,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +120,25 @@ def test_cli_finetunes_and_says_how_to_use_the_result(faces, tmp_path, capsys, o
     assert f"--rgb-weights {out / 'best'}" in capsys.readouterr().out
     assert main(["finetune", "--index", str(index), "--faces", str(cache.dir), "--backbone", "tiny_random",
                  "--out", str(out)]) == 2  # a finished run is not overwritten without --resume
+
+
+def test_adversarial_finetuning_trains_on_fgsm_rs_images_within_eps(faces, tmp_path, monkeypatch,
+                                                                    one_torch_thread):
+    table, cache = faces
+    real_fgsm_rs = megatron_utils.training.finetune.fgsm_rs
+    perturbations = []
+
+    def watched(model, pixels, labels, eps):
+        adversarial = real_fgsm_rs(model, pixels, labels, eps)
+        assert model.training  # the attack ran, and left the model, in training mode
+        perturbations.append(float((adversarial - pixels).abs().max()))
+        assert adversarial.min() >= 0 and adversarial.max() <= 1
+        return adversarial
+
+    monkeypatch.setattr(megatron_utils.training.finetune, "fgsm_rs", watched)
+    finetune(table, cache.dir, tiny(adversarial="fgsm-rs", adversarial_eps=8 / 255), tmp_path / "adv")
+    finetune(table, cache.dir, tiny(), tmp_path / "standard")
+    assert perturbations and all(0 < p <= 8 / 255 + 1e-6 for p in perturbations)
+    adversarial, standard = (load_finetuned_state(tmp_path / run / "best")[1] for run in ("adv", "standard"))
+    assert any(not torch.equal(adversarial[name], standard[name]) for name in standard)
+    assert fraction("4/255") == pytest.approx(4 / 255) and fraction("0.5") == 0.5  # --eps

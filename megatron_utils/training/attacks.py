@@ -77,6 +77,35 @@ def list_attacks() -> list[str]:
     return sorted(ATTACKS)
 
 
+ADVERSARIAL_TRAINING = ("none", "fgsm-rs")
+
+
+def two_class(logit: torch.Tensor) -> torch.Tensor:
+    """A binary detector's logit z [B] or [B, 1] as the two-class logits (0, z) torchattacks expects."""
+    logit = logit.reshape(-1, 1)
+    return torch.cat([torch.zeros_like(logit), logit], dim=1)
+
+
+class FrameLogits(nn.Module):
+    """A frame classifier (pixels [B, 3, S, S] in [0, 1] -> logit [B]) as a two-class classifier."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return two_class(self.model(pixels))
+
+
+def fgsm_rs(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Adversarial training images: FGSM from a uniform random start with a step of 1.25 eps ("fast is
+    better than free", Wong, Rice and Kolter 2020; torchattacks' FFGSM), computed in the model's training
+    mode, within `eps` of `pixels` and in [0, 1]."""
+    attacker = _torchattacks().FFGSM(FrameLogits(model), eps=eps, alpha=1.25 * eps)
+    attacker.set_model_training_mode(model_training=model.training)
+    return attacker(pixels, labels.long()).detach()
+
+
 class ClipAsImage(nn.Module):
     """A clip [B, T, 3, S, S] as torchattacks' image [B, 3, T*S, S]; the logit z as logits (0, z)."""
 
@@ -88,8 +117,7 @@ class ClipAsImage(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, size = images.shape
         crops = images.view(batch, 3, height // size, size, size).transpose(1, 2)
-        logit = self.model(crops, self.valid[:batch])
-        return torch.cat([torch.zeros_like(logit), logit], dim=1)
+        return two_class(self.model(crops, self.valid[:batch]))
 
 
 def attack_clips(model: MegatronModel, crops: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,

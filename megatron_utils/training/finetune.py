@@ -36,6 +36,7 @@ from ..core.cache import StageCache, write_json_atomic
 from ..datasets import read_index
 from ..models.backbones import AUTO, FINETUNED_MARKER, Backbone, create_backbone
 from ..preprocessing.batching import prepare_pixels, resolve_device, to_unit_tensor
+from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
 from .evaluate import autocast
 from .sbi import AugmentConfig, SBIConfig, augment, self_blend
@@ -66,12 +67,16 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
+    adversarial: str = "none"  # "fgsm-rs": train on FGSM-with-random-start images (attacks.fgsm_rs)
+    adversarial_eps: float = 4 / 255
     sbi: SBIConfig = field(default_factory=SBIConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.fakes not in FAKES_MODES:
             raise ValueError(f"fakes must be one of {FAKES_MODES}, got {self.fakes!r}")
+        if self.adversarial not in ADVERSARIAL_TRAINING:
+            raise ValueError(f"adversarial must be one of {ADVERSARIAL_TRAINING}, got {self.adversarial!r}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2 (half real, half fake), "
                              f"got {self.batch_size}")
@@ -349,9 +354,12 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
             lr = learning_rate(state["step"], total_steps, config.lr, config.min_lr, config.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            pixels, targets = to_unit_tensor(images, device), torch.from_numpy(labels).to(device)
+            if config.adversarial == "fgsm-rs":
+                pixels = fgsm_rs(model, pixels, targets, config.adversarial_eps)
             with autocast(device, config.amp):
-                logits = step_model(to_unit_tensor(images, device))
-            share_loss = criterion(logits.float(), torch.from_numpy(labels).to(device))
+                logits = step_model(pixels)
+            share_loss = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
             (share_loss * world.world_size / batch_size).backward()
