@@ -22,10 +22,17 @@ pip_install --no-deps -c constraints.txt facenet-pytorch
 # Adversarial attacks (megatron evaluate --attack); its pin requests~=2.25 is too old to follow.
 pip_install --no-deps -c constraints.txt torchattacks
 pip_install --no-deps -e .
-.venv/bin/python -c "import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, megatron_utils" \
-  || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
-# Byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) imports never cache their
-# bytecode, and every process would spend ~30 s recompiling torch and timm from source.
-.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages megatron_utils > /dev/null 2>&1 || true
+# The import check also byte-compiles what Megatron imports: where PYTHONDONTWRITEBYTECODE is set (as on our
+# CI machines) imports never cache their bytecode, and every process would recompile torch, timm and
+# transformers from source (~30 s each).
+env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "
+import importlib, pkgutil
+import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks
+import transformers.models.depth_anything.modeling_depth_anything, ipykernel, papermill, pytest
+import megatron_utils
+for module in pkgutil.walk_packages(megatron_utils.__path__, 'megatron_utils.'):
+    if not module.name.endswith('__main__'):
+        importlib.import_module(module.name)
+" || { echo "setup: the installed environment does not import; see the messages above" >&2; exit 1; }
 echo "$wanted" > "$stamp"
 echo "setup: done"
