@@ -3,7 +3,10 @@ the same items done and failed, the same embeddings."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -92,3 +95,32 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(local_cluster, one_pro
     thread.join(timeout=300)
     assert not thread.is_alive() and "result" in outcome
     assert_same_caches(outcome["result"], single)
+
+
+def test_a_killed_driver_loses_nothing_and_the_rerun_completes(local_cluster, one_process, tmp_path):
+    """A driver (its own process, joined to the running cluster) SIGKILLed mid-run; Ray reaps its actors,
+    and the same call again finishes with the caches of a single-process run."""
+    from megatron_utils.preprocessing.cluster import preprocess_on_ray
+
+    table, single = one_process
+    table.to_csv(tmp_path / "index.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG.to_dict()))
+    script = (
+        "import json, sys\nimport pandas as pd\n"
+        "from megatron_utils.preprocessing.cluster import preprocess_on_ray\n"
+        "from megatron_utils.preprocessing.preprocess import PreprocessConfig\n"
+        "config = PreprocessConfig.from_dict(json.load(open(sys.argv[2])))\n"
+        "preprocess_on_ray(pd.read_csv(sys.argv[1]), config, cache_root=sys.argv[3], address=sys.argv[4],\n"
+        "                  actors=2, shard_size=1)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "index.csv"),
+                               str(tmp_path / "config.json"), str(tmp_path / "ray"),
+                               ray.get_runtime_context().gcs_address])
+    faces_manifests = tmp_path / "ray" / "faces" / single.faces.key / "manifests"
+    deadline = time.monotonic() + 180
+    while sum(len(path.read_text().splitlines()) for path in faces_manifests.glob("*.jsonl")) < 2:
+        assert time.monotonic() < deadline and driver.poll() is None, "the driver did no work"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    rerun = preprocess_on_ray(table, CONFIG, cache_root=tmp_path / "ray", actors=2, shard_size=2)
+    assert_same_caches(rerun, single)
