@@ -17,6 +17,17 @@ from megatron_utils.training.clips import load_clips
 from megatron_utils.training.evaluate import clip_probabilities
 
 
+def run_in_one_and_two_processes(options: list[str], tmp_path) -> None:
+    """`megatron OPTIONS --out tmp/one` in one process, then under torchrun with 2 (--out tmp/two)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "megatron_utils", *options, "--out", str(tmp_path / "one")],
+                   check=True, env=environment, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                          "2", "-m", "megatron_utils", *options, "--out", str(tmp_path / "two")],
+                         env=environment, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+
 def test_two_processes_train_as_one(tiny_run, tmp_path):
     _, table, embed_dir = tiny_run
     write_index(table, tmp_path / "index.csv")
@@ -26,13 +37,7 @@ def test_two_processes_train_as_one(tiny_run, tmp_path):
                "--model", "megatron-tiny", "--epochs", "3", "--batch-size", "3", "--lr", "2e-3",
                "--dropout", "0",
                "--device", "cpu"]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "megatron_utils", *options, "--out", str(tmp_path / "one")],
-                   check=True, env=environment, capture_output=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                          "2", "-m", "megatron_utils", *options, "--out", str(tmp_path / "two")],
-                         env=environment, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_in_one_and_two_processes(options, tmp_path)
     assert "training on 2 processes (gloo)" in (tmp_path / "two" / "train.log").read_text()
 
     curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
@@ -61,16 +66,9 @@ def test_two_processes_finetune_the_embedder(tiny_run, tmp_path):
     options = ["finetune", "--index", str(tmp_path / "index.csv"), "--faces", str(faces_dir),
                "--backbone", "tiny_random", "--epochs", "2", "--batch-size", "8", "--crops-per-video", "4",
                "--device", "cpu"]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "megatron_utils", *options, "--out", str(tmp_path / "one")],
-                   check=True, env=environment, capture_output=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                          "2", "-m", "megatron_utils", *options, "--out", str(tmp_path / "two")],
-                         env=environment, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_in_one_and_two_processes(options, tmp_path)
     assert "fine-tuning on 2 processes (gloo)" in (tmp_path / "two" / "finetune.log").read_text()
     curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
     assert len(curves["two"]) == 2
-    print(curves["one"][["train_loss", "val_sbi_auc"]], curves["two"][["train_loss", "val_sbi_auc"]])
     np.testing.assert_allclose(curves["two"]["train_loss"], curves["one"]["train_loss"], rtol=0.05)
     assert (tmp_path / "two" / "best" / "finetune.json").is_file()

@@ -24,8 +24,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Distributed:
