@@ -3,7 +3,6 @@ reach the input pixels, the depth provider and both embedders."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
@@ -12,7 +11,7 @@ from megatron_utils.models.heads import MegatronHead, model_config
 from megatron_utils.models.megatron import MegatronModel
 from megatron_utils.preprocessing.depth import DepthConfig, DepthEstimator, compute_depth
 from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings
-from megatron_utils.training.attacks import AttackConfig, attack_clips
+from megatron_utils.training.attacks import AttackConfig, attack_clips, video_clips
 
 STREAMS = {"cross_attention": {}, "concat": {"fusion": "concat"}, "rgb_only": {"streams": "rgb"},
            "depth_only": {"streams": "depth"}}
@@ -29,15 +28,8 @@ def setup(asset, tmp_path_factory):
     depth, _ = compute_depth(faces, depth_config, cache_root=root / "cache")
     embed, _ = compute_embeddings(faces, depth, embed_config, cache_root=root / "cache")
     cached, _ = embed.read(VIDEO)
-    entry = entries[VIDEO]
-    # The crops laid out exactly as the cached clips: frame order, zero padding where not valid.
-    row_of = {int(frame): row for row, frame in enumerate(entry["frame_index"])}
-    crops = np.zeros((*cached["valid"].shape, *entry["crops"].shape[1:]), np.uint8)
-    for clip, frames in enumerate(cached["frame_index"]):
-        for t, frame in enumerate(frames):
-            if frame >= 0:
-                crops[clip, t] = entry["crops"][row_of[int(frame)]]
-    pixels = torch.from_numpy(crops).permute(0, 1, 4, 2, 3).float() / 255
+    pixels, valid = video_clips(faces, embed, VIDEO)  # the crops laid out exactly as the cached clips
+    assert torch.equal(valid, torch.from_numpy(cached["valid"]))
     return DepthEstimator(depth_config), Embedder(embed_config), cached, pixels
 
 

@@ -207,6 +207,8 @@ def seek_plan(path: Source, wanted: Sequence[int], always: bool = False
               ) -> tuple[list[int], list[tuple[int, int]]] | None:
     """(every frame's timestamp, the `decode_spans` of the sorted `wanted` frames) when seeking saves
     decoding (or `always`, where the stream allows it), else None: decode from the start."""
+    if not always and len(wanted) >= SEEK_SAVING * (max(wanted) + 1):
+        return None  # dense: it decodes at least the wanted frames, so skip reading the packets
     path = _as_source(path)
     index = _frame_timestamps(path)
     if index is None:

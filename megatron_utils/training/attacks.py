@@ -31,6 +31,7 @@ from ..core.cache import StageCache, atomic_path
 from ..core.registry import Registry
 from ..models.checkpoint import decision_threshold
 from ..models.megatron import MegatronModel
+from ..preprocessing.embed import to_clips
 from ..visualization.plots import plot_robustness
 from .evaluate import binary_metrics
 
@@ -107,17 +108,18 @@ def fgsm_rs(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: f
 
 
 class ClipAsImage(nn.Module):
-    """A clip [B, T, 3, S, S] as torchattacks' image [B, 3, T*S, S]; the logit z as logits (0, z)."""
+    """One clip [T, 3, S, S] as torchattacks' image [3, T*S, S] (any batch of copies of it, as query
+    attacks make); the logit z as logits (0, z)."""
 
-    def __init__(self, model: MegatronModel):
+    def __init__(self, model: MegatronModel, valid: torch.Tensor):
         super().__init__()
         self.model = model
-        self.valid: torch.Tensor | None = None  # the clips' valid frames, set before each attack
+        self.valid = valid  # [T]: the clip's valid frames
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, size = images.shape
         crops = images.view(batch, 3, height // size, size, size).transpose(1, 2)
-        return two_class(self.model(crops, self.valid[:batch]))
+        return two_class(self.model(crops, self.valid.expand(batch, -1)))
 
 
 def attack_clips(model: MegatronModel, crops: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
@@ -126,28 +128,27 @@ def attack_clips(model: MegatronModel, crops: torch.Tensor, valid: torch.Tensor,
     L-infinity and in [0, 1]; eps 0 returns the crops unchanged."""
     if eps == 0:
         return crops
-    # In eval mode: torchattacks puts the model back in the mode it found it in, and a new Module trains.
-    wrapper = ClipAsImage(model).eval()
-    wrapper.valid = valid
-    attacker = ATTACKS.entry(attack)(wrapper, eps, config or AttackConfig())
-    batch, frames, _, size, _ = crops.shape
-    images = crops.transpose(1, 2).reshape(batch, 3, frames * size, size)
-    adversarial = attacker(images, labels.long())
-    return adversarial.view(batch, 3, frames, size, size).transpose(1, 2).detach()
+    build = ATTACKS.entry(attack)
+    _, frames, _, size, _ = crops.shape
+    adversarial = []
+    for clip, clip_valid, label in zip(crops, valid, labels, strict=True):
+        # One clip per attack: query attacks (Square) score subsets of the batch, and each clip has its own
+        # valid frames. In eval mode: torchattacks restores the mode it found, and a new Module trains.
+        attacker = build(ClipAsImage(model, clip_valid).eval(), eps, config or AttackConfig())
+        image = clip.transpose(0, 1).reshape(1, 3, frames * size, size)
+        adversarial.append(attacker(image, label.long().view(1)).view(3, frames, size, size).transpose(0, 1))
+    return torch.stack(adversarial).detach()
 
 
 def video_clips(faces: StageCache, embed: StageCache, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T]) of a video, laid out as its embed entry."""
-    embedded, _ = embed.read(video_id)
+    """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T]) of a video: its face crops laid out into clips
+    by the embed stage's own `to_clips`, so clip c here is row c of its embed entry."""
     detected, _ = faces.read(video_id)
-    row_of = {int(frame): row for row, frame in enumerate(detected["frame_index"])}
-    crops = np.zeros((*embedded["valid"].shape, *detected["crops"].shape[1:]), np.uint8)
-    for clip, frames in enumerate(embedded["frame_index"]):
-        for t, frame in enumerate(frames):
-            if embedded["valid"][clip, t] and int(frame) in row_of:
-                crops[clip, t] = detected["crops"][row_of[int(frame)]]
-    pixels = torch.from_numpy(crops).permute(0, 1, 4, 2, 3).float() / 255
-    return pixels, torch.from_numpy(embedded["valid"])
+    crops = detected["crops"]
+    clips = to_clips({"crops": crops.reshape(len(crops), -1)}, detected["clip_index"],
+                     detected["frame_index"], int(embed.config["frames_per_clip"]), detected.get("track"))
+    pixels = torch.from_numpy(clips["crops"].reshape(*clips["valid"].shape, *crops.shape[1:]))
+    return pixels.permute(0, 1, 4, 2, 3).float() / 255, torch.from_numpy(clips["valid"])
 
 
 def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: list[float],
