@@ -27,7 +27,7 @@ pip_install --no-deps -e .
 # transformers from source (~30 s each).
 env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "
 import importlib, pkgutil
-import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks
+import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, captum
 import transformers.models.depth_anything.modeling_depth_anything, ipykernel, papermill, pytest
 import megatron_utils
 for module in pkgutil.walk_packages(megatron_utils.__path__, 'megatron_utils.'):

@@ -5,6 +5,7 @@ uploads scored as `predict` scores them, every endpoint, the limits, and hostile
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import zlib
@@ -90,6 +91,33 @@ def test_a_video_upload_is_scored_as_predict_scores_the_file(client, detector, t
     assert info.codec == "h264" and info.frame_count == source.frame_count
     timeline = client.get(job["files"]["timeline.png"])
     assert timeline.content.startswith(PNG_SIGNATURE)
+
+
+def test_explained_jobs_serve_the_attribution_plot_and_heat_maps_under_public_names(detector, tiny_run,
+                                                                                     tmp_path):
+    path = Path(video_of(tiny_run[1], "fake"))
+    with serve(detector, tmp_path, workers=2, explain=True) as client:
+        ids = [upload(client, f"clip {n}.mp4", path.read_bytes()).json()["id"] for n in range(2)]
+        jobs = [finished(client, job_id) for job_id in ids]  # two at once: Grad-CAM's hooks stay private
+        for job in jobs:
+            assert job["status"] == "done", job["error"]
+            explanation = job["result"]["explanation"]
+            deciding = explanation["deciding_frames"]
+            assert len(deciding) == 4 and explanation["folder"] == "" and explanation["heatmaps"] == ""
+            assert explanation["images"] == {str(f): f"heatmap-{n}.png" for n, f in enumerate(deciding, 1)}
+            assert set(job["files"]) == {"annotated.mp4", "timeline.png", "attribution.png",
+                                         *explanation["images"].values()}
+            for name in ("attribution.png", "heatmap-1.png"):
+                assert client.get(job["files"][name]).content.startswith(PNG_SIGNATURE)
+            assert str(tmp_path) not in json.dumps(job)  # no server path leaks into the result
+        # Concurrent explanations agree with one made alone.
+        alone = detector.predict(path, explain=tmp_path / "alone").explanation
+        for job in jobs:
+            assert job["result"]["explanation"]["attribution"] == pytest.approx(alone.attribution, abs=1e-5)
+            assert job["result"]["explanation"]["heat_peak"] == pytest.approx(alone.heat_peak, abs=1e-5)
+    with serve(detector, tmp_path / "plain") as client:
+        job = finished(client, upload(client, "clip.mp4", path.read_bytes()).json()["id"])
+        assert job["result"]["explanation"] is None and "attribution.png" not in job["files"]
 
 
 def test_a_photo_is_sniffed_by_content_whatever_its_name_and_type(client, detector, asset):
@@ -273,9 +301,9 @@ class Gated:
         self.detector, self.gate = detector, threading.Event()
         self.threshold, self.weights = detector.threshold, detector.weights
 
-    def predict(self, media, name=None, progress=None):
+    def predict(self, media, name=None, progress=None, explain=None):
         self.gate.wait(60)
-        return self.detector.predict(media, name, progress)
+        return self.detector.predict(media, name, progress, explain)
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_loses_no_job(detector, tiny_run, tmp_path):

@@ -29,6 +29,14 @@ def server(tiny_run, tmp_path_factory):
         yield base, process
 
 
+@pytest.fixture(scope="module")
+def explaining_server(tiny_run, tmp_path_factory):
+    """(base URL, server process) of `megatron serve --run RUN --explain`."""
+    log = tmp_path_factory.mktemp("serve-explain") / "server.log"
+    with serving(tiny_run[0], "--explain", "--device", "cpu", log=log) as (base, process):
+        yield base, process
+
+
 def test_load_no_5xx_no_lost_or_duplicated_job_and_flat_memory(server, tiny_run, asset, tmp_path):
     base, process = server
     files = [Path(video_of(tiny_run[1], label)) for label in ("real", "fake")] + [Path(asset("obama"))]
@@ -73,10 +81,10 @@ def test_a_large_upload_streams_to_disk_and_an_oversized_one_stops_at_the_limit(
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it as root)")
-def test_the_page_in_headless_chromium(server, tiny_run, tmp_path):
+def test_the_page_in_headless_chromium(explaining_server, tiny_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    base, _ = server
+    base, _ = explaining_server
     video = Path(video_of(tiny_run[1], "fake"))
     screenshot = Path(os.environ.get("MEGATRON_SCREENSHOT", tmp_path / "serve.png"))
     with sync_playwright() as playwright:
@@ -95,6 +103,11 @@ def test_the_page_in_headless_chromium(server, tiny_run, tmp_path):
             page.wait_for_function("document.querySelector('#annotated-video').readyState >= 1",
                                    timeout=20_000)
             assert page.evaluate("document.querySelector('#annotated-video').videoWidth") > 0
+            # the explanation: the attribution plot and the deciding frames' heat maps, all loaded
+            page.wait_for_function("[...document.querySelectorAll('#explanation img')].length == 5 && "
+                                   "[...document.querySelectorAll('#explanation img')]"
+                                   ".every((image) => image.naturalWidth > 0)", timeout=20_000)
+            assert page.inner_text("#heatmaps").count("frame ") == 4
             assert page.locator("#history li").count() == 1
             assert video.name in page.inner_text("#history")
             page.screenshot(path=str(screenshot), full_page=True)

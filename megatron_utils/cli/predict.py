@@ -77,16 +77,20 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.from_pretrained(checkpoint, args.device, args.depth_model, args.rgb_weights,
                                         args.depth_weights, **given)
     predictions = []
-    for prediction, stem in zip(detector.predict_many(paths), output_stems(paths), strict=True):
+    stems = output_stems(paths)
+    folders = None if args.explain is None else [args.explain / stem for stem in stems]
+    for prediction, stem in zip(detector.predict_many(paths, explain=folders), stems, strict=True):
         predictions.append(prediction)
         tqdm.write(describe(prediction))
         if not prediction.ok:
             continue
+        explained = prediction.explanation
+        heatmaps = None if explained is None else Path(explained.folder) / explained.heatmaps
         if args.annotate is not None:
             if prediction.media == "video":
-                annotate_video(prediction, args.annotate / f"{stem}.mp4")
+                annotate_video(prediction, args.annotate / f"{stem}.mp4", heatmaps=heatmaps)
             else:
-                annotate_image(prediction, args.annotate / f"{stem}.png")
+                annotate_image(prediction, args.annotate / f"{stem}.png", heatmaps=heatmaps)
         if args.plot is not None:
             plot_timeline(prediction, args.plot / f"{stem}.png")
     failed = sum(not p.ok for p in predictions)
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     for writer, out in ((write_jsonl, args.jsonl), (write_csv, args.csv)):
         if out is not None:
             print(f"wrote {writer(predictions, out)}")
-    for name, folder in (("annotated media", args.annotate), ("timelines", args.plot)):
+    for name, folder in (("annotated media", args.annotate), ("timelines", args.plot),
+                         ("explanations", args.explain)):
         if folder is not None:
             print(f"{name}: {folder}")
     return 1 if failed else 0
@@ -116,6 +121,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--annotate", type=Path, metavar="DIR", help="write annotated videos (MP4) and "
                         "images (PNG) with face boxes and running scores into DIR")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write per-frame probability plots into DIR")
+    parser.add_argument("--explain", type=Path, metavar="DIR", help="explain each verdict into DIR/<name>/: "
+                        "which frames drove it (Integrated Gradients) and Grad-CAM heat maps of the deciding "
+                        "frames; adds an `explanation` field to the JSONL and the heat maps to --annotate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--clips", type=int, help="clips scored per video, sampled as in training "
                         "(default: the run's clips per video)")

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue, max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_duration_s=args.max_duration, max_side=args.max_side, result_ttl_s=args.ttl * 60,
         work_dir=args.work_dir, api_key=args.api_key, insecure=args.insecure, annotate=not args.no_annotate,
-        device=args.device)
+        explain=args.explain, device=args.device)
     config.check_exposure()
     # Upload threads come and go; capped arenas keep the heap from growing one arena per new thread.
     limit_malloc_arenas(2)
@@ -55,5 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", help=f"require this key in header X-API-Key (default: ${API_KEY_ENV})")
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a key")
     parser.add_argument("--no-annotate", action="store_true", help="skip the annotated copy and timeline")
+    parser.add_argument("--explain", action="store_true", help="explain each verdict: which frames drove it "
+                        "and Grad-CAM heat maps of the deciding frames, shown on the page and overlaid on "
+                        "the annotated video (adds seconds per job)")
     parser.add_argument("--device", default=defaults.device)
     parser.set_defaults(handler=run)

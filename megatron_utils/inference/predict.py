@@ -50,11 +50,13 @@ from ..preprocessing.frames import FramesConfig, Media, media_name, media_source
 from ..preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig
 from ..preprocessing.video import MediaError
 from ..training.evaluate import autocast
-from ..visualization.annotate import annotate_image, annotate_video, plot_timeline
+from ..visualization.annotate import annotate_image, annotate_video, load_heatmaps, plot_timeline
+from .explain import ExplainConfig
+from .explain import explain as explain_verdict
 from .results import FAILED, OK, FaceScore, Prediction, WindowScore
 
-__all__ = ["Detector", "FaceScore", "PredictConfig", "Prediction", "WindowScore", "annotate_image",
-           "annotate_video", "plot_timeline", "write_csv", "write_jsonl"]
+__all__ = ["Detector", "ExplainConfig", "FaceScore", "PredictConfig", "Prediction", "WindowScore",
+           "annotate_image", "annotate_video", "load_heatmaps", "plot_timeline", "write_csv", "write_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class Detector:
         self.checkpoint = checkpoint
         self.device = device
         self.threshold = decision_threshold(checkpoint, float(model.config.threshold))
+        self.explain_config = ExplainConfig()
         self.face_detector = FaceDetector(preprocessing.faces)
         self.depth = DepthEstimator(preprocessing.depth)
         self.embedder = Embedder(preprocessing.embed)
@@ -174,8 +177,10 @@ class Detector:
                                          f"an image)")
         return track_faces(video, self.preprocessing.faces, self.face_detector)
 
-    def forward(self, video: VideoFaces, timings: dict[str, float] | None = None) -> list[FaceScore]:
-        """Depth maps, embeddings and the temporal head for every face's clips (seconds into `timings`)."""
+    def forward(self, video: VideoFaces, timings: dict[str, float] | None = None
+                ) -> tuple[list[FaceScore], dict[str, np.ndarray]]:
+        """Depth maps, embeddings and the temporal head for every face's clips (seconds into `timings`):
+        the faces' scores, and the per-crop features of all tracks in order."""
         timings = {} if timings is None else timings
         tic = time.perf_counter()
         crops = np.concatenate([track.crops for track in video.tracks])  # all people in shared batches
@@ -183,11 +188,12 @@ class Detector:
         timings["depth"] = time.perf_counter() - tic
         tic = time.perf_counter()
         rgb, depth = self.embedder(crops, depth_maps)
+        features = {"rgb": rgb, "depth": depth}
         timings["embed"] = time.perf_counter() - tic
         tic = time.perf_counter()
-        faces = self.score_tracks(video, rgb, depth)
+        faces = self.score_tracks(video, features)
         timings["classify"] = time.perf_counter() - tic
-        return faces
+        return faces, features
 
     def postprocess(self, video: VideoFaces, faces: list[FaceScore], timings: dict[str, float],
                     source: str = "file") -> Prediction:
@@ -207,10 +213,12 @@ class Detector:
             timings={name: round(seconds, 4) for name, seconds in timings.items()})
 
     def predict(self, media: Media, name: str | None = None,
-                progress: Callable[[str], None] | None = None) -> Prediction:
+                progress: Callable[[str], None] | None = None,
+                explain: str | os.PathLike | None = None) -> Prediction:
         """Score one video or image (a path, its bytes, or decoded frames, which `name` names); any failure
         becomes a record with status "failed" and the reason, so one bad input never stops a batch.
-        `progress` is told each step as it starts: "preprocess", then "forward"."""
+        `progress` is told each step as it starts: "preprocess", "forward", then "explain" when `explain`
+        names a folder for the explanation (`explain.py`), which `Prediction.explanation` then describes."""
         label, source = media_name(media, name), media_source(media)
         report = progress or (lambda step: None)
         try:
@@ -220,9 +228,16 @@ class Detector:
             video = self.preprocess(media, name)
             timings["decode_faces"] = time.perf_counter() - started
             report("forward")
-            faces = self.forward(video, timings)
-            timings["total"] = time.perf_counter() - started
-            return self.postprocess(video, faces, timings, source)
+            faces, features = self.forward(video, timings)
+            prediction = self.postprocess(video, faces, timings, source)
+            if explain is not None:
+                report("explain")
+                tic = time.perf_counter()
+                prediction.explanation = explain_verdict(self, video, prediction, features, explain,
+                                                         self.explain_config)
+                prediction.timings["explain"] = round(time.perf_counter() - tic, 4)
+            prediction.timings["total"] = round(time.perf_counter() - started, 4)
+            return prediction
         except MediaError as error:
             return Prediction(label, FAILED, error=str(error), threshold=self.threshold, weights=self.weights,
                               source=source)
@@ -233,38 +248,51 @@ class Detector:
 
     __call__ = predict
 
-    def predict_many(self, inputs: Iterable[Media]) -> Iterator[Prediction]:
+    def predict_many(self, inputs: Iterable[Media], explain: Iterable[str | os.PathLike] | None = None
+                     ) -> Iterator[Prediction]:
+        """Score each input in turn; `explain` gives each its own explanation folder."""
         inputs = list(inputs)
-        for media in tqdm(inputs, desc="predict", unit="file", disable=len(inputs) < 2):
-            yield self.predict(media)
+        folders = [None] * len(inputs) if explain is None else list(explain)
+        for media, folder in tqdm(zip(inputs, folders, strict=True), total=len(inputs), desc="predict",
+                                  unit="file", disable=len(inputs) < 2):
+            yield self.predict(media, explain=folder)
 
-    def score_tracks(self, video: VideoFaces, rgb: np.ndarray, depth: np.ndarray) -> list[FaceScore]:
-        """Every face scored on its windows; `rgb`/`depth` hold the features of all tracks' crops in order."""
-        windows = video.clips
-        length = self.frames_per_clip
+    def track_clips(self, video: VideoFaces, features: dict[str, np.ndarray],
+                    track_ids: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """The embed stage's clip layout (float16 [C, T, D] per stream, `valid`, `frame_index`; present frames
+        first, padding masked, as in training) of the faces' scored windows: a window counts for a face with
+        crops in at least half of its frames. `features` hold all tracks' crops in order; `owner` [C, 3]
+        says (track, window, crops) of each row."""
+        wanted = set(range(len(video.tracks)) if track_ids is None else track_ids)
         rows, clip_index, frame_index, owners = [], [], [], []  # one entry per (window, crop)
         offset = 0
         for track_id, track in enumerate(video.tracks):
             row_of = {int(frame): offset + row for row, frame in enumerate(track.frame_index)}
-            for window_id, window in enumerate(windows):
+            offset += len(track)
+            if track_id not in wanted:
+                continue
+            for window_id, window in enumerate(video.clips):
                 members = [frame for frame in window if frame in row_of]
                 if 2 * len(members) >= len(window):
                     owners.append((track_id, window_id, len(members)))
                     rows += [row_of[frame] for frame in members]
                     clip_index += [len(owners) - 1] * len(members)
                     frame_index += members
-            offset += len(track)
-        if not owners:
-            return []
-        # The embed stage's layout (float16, present frames first, padding masked), as in training.
-        clips = to_clips({"rgb": rgb[rows], "depth": depth[rows]}, np.array(clip_index),
-                         np.array(frame_index), length)
-        probabilities = self.classify(clips["rgb"], clips["depth"], clips["valid"])
+        clips = to_clips({name: array[rows] for name, array in features.items()}, np.array(clip_index, int),
+                         np.array(frame_index, int), self.frames_per_clip)
+        return {**clips, "owner": np.array(owners, np.int64).reshape(-1, 3)}
 
+    def score_tracks(self, video: VideoFaces, features: dict[str, np.ndarray]) -> list[FaceScore]:
+        """Every face scored on its windows; `features` hold all tracks' crops in order."""
+        clips = self.track_clips(video, features)
+        if not len(clips["owner"]):
+            return []
+        probabilities = self.classify(clips["rgb"], clips["depth"], clips["valid"])
+        windows = video.clips
         faces = []
         for track_id, track in enumerate(video.tracks):
-            scored = [(windows[w], count, float(p))
-                      for (t, w, count), p in zip(owners, probabilities, strict=True) if t == track_id]
+            scored = [(windows[w], count, float(p)) for (t, w, count), p
+                      in zip(clips["owner"], probabilities, strict=True) if t == track_id]
             if not scored:
                 continue
             in_windows = {int(f) for window, _, _ in scored for f in window}
@@ -274,7 +302,7 @@ class Detector:
                         for frame in used]
             faces.append(FaceScore(
                 track=track_id, probability=float(np.mean([p for _, _, p in scored])), frames_used=len(used),
-                windows=[WindowScore(int(w[0]), int(w[-1]), p, count) for w, count, p in scored],
+                windows=[WindowScore(int(w[0]), int(w[-1]), p, int(count)) for w, count, p in scored],
                 frame_index=used, boxes=[[round(float(v), 2) for v in box_of[f]] for f in used],
                 timeline=timeline))
         return faces

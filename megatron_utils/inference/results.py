@@ -29,6 +29,24 @@ class FaceScore:
 
 
 @dataclass
+class Explanation:
+    """Why the verdict (see `explain.py`): values are towards the verdict, files relative to `folder`."""
+
+    folder: str
+    track: int  # the face explained: the one that decided the verdict
+    frame_index: list[int]  # its scored frames (video frame numbers), ascending
+    attribution: list[float]  # per frame: its push on the clip logit (rgb + depth)
+    rgb_attribution: list[float]
+    depth_attribution: list[float]
+    deciding_frames: list[int]  # the frames that pushed hardest, strongest first
+    heat_peak: list[float]  # per frame: its Grad-CAM map's peak before scaling; 0: no positive evidence
+    images: dict[str, str]  # deciding frame -> its crop and heat map side by side
+    heatmaps: str  # npz: every frame's Grad-CAM map and crop window, for overlays
+    plot: str  # the per-frame attribution plot
+    methods: dict[str, str]  # how each part was computed, in words
+
+
+@dataclass
 class Prediction:
     path: str
     status: str  # "ok" or "failed"
@@ -47,6 +65,7 @@ class Prediction:
     source: str = "file"  # what was scored: "file" (`path` is it), "bytes" or "frames" (`path` is a name)
     weights: dict[str, str] = field(default_factory=dict)  # checkpoint, depth model, backbones, in words
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode_faces, depth, embed, ...
+    explanation: Explanation | None = None  # with `explain=`: which frames and regions drove the verdict
 
     @property
     def ok(self) -> bool:
@@ -62,4 +81,6 @@ class Prediction:
     def from_dict(cls, data: dict[str, Any]) -> Prediction:
         faces = [FaceScore(**{**face, "windows": [WindowScore(**w) for w in face["windows"]]})
                  for face in data.get("faces", [])]
-        return cls(**{**data, "faces": faces})
+        explanation = data.get("explanation")
+        return cls(**{**data, "faces": faces,
+                      "explanation": Explanation(**explanation) if explanation else None})

@@ -64,23 +64,25 @@ class Embedder:
     def identity(self) -> dict[str, object]:
         """Everything that changes the features: which networks and weights (by content), sizes, dtype."""
         return {
-            stream: {"backbone": b.name, "weights": b.fingerprint, "input_size": self._input_size(b)}
+            stream: {"backbone": b.name, "weights": b.fingerprint, "input_size": self.input_size(b)}
             for stream, b in (("rgb", self.rgb), ("depth", self.depth))
         } | {"dtype": str(self.dtype).removeprefix("torch.")}
 
-    def _input_size(self, backbone: Backbone) -> int:
+    def input_size(self, backbone: Backbone) -> int:
         return self.config.input_size or backbone.data_config.input_size
 
     def backbone(self, stream: str) -> Backbone:
         return {"rgb": self.rgb, "depth": self.depth}[stream]
 
-    def embed_pixels(self, stream: str, pixels: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] in [0, 1] (a depth map repeated to 3 channels) -> float32 [N, D]; differentiable."""
+    def embed_pixels(self, stream: str, pixels: torch.Tensor, model: torch.nn.Module | None = None
+                     ) -> torch.Tensor:
+        """[N, 3, H, W] in [0, 1] (a depth map repeated to 3 channels) -> float32 [N, D]; differentiable.
+        `model` replaces the stream's network (a private copy, e.g. one carrying Grad-CAM's hooks)."""
         backbone = self.backbone(stream)
         data = backbone.data_config
-        inputs = prepare_pixels(pixels, self._input_size(backbone), data.mean, data.std, data.interpolation)
+        inputs = prepare_pixels(pixels, self.input_size(backbone), data.mean, data.std, data.interpolation)
         with autocast(self.device, self.dtype):
-            return backbone.model(inputs).float()
+            return (model or backbone.model)(inputs).float()
 
     @torch.inference_mode()
     def embed_batch(self, crops: np.ndarray, depth_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

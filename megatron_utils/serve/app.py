@@ -5,7 +5,8 @@
     GET  /v1/model                          model card, threshold, preprocessing, weights, limits
     POST /v1/predictions                    multipart upload (field `file`) -> 202 with the job's id
     GET  /v1/predictions/{id}               status, progress, and the result when done
-    GET  /v1/predictions/{id}/files/{name}  annotated.mp4 / annotated.png / timeline.png
+    GET  /v1/predictions/{id}/files/{name}  annotated.mp4 / annotated.png / timeline.png, and with
+                                            --explain attribution.png / heatmap-1.png ...
 
 With an API key set, every /v1/ route needs the header `X-API-Key`. Refusals are JSON `{"detail": reason}`:
 400 malformed, 401 key, 404 unknown or expired job, 413 over a size/duration/resolution limit, 415 not a

@@ -27,6 +27,7 @@ class ServeConfig:
     api_key: str | None = None  # required on /v1/* when set (header X-API-Key); default: $MEGATRON_API_KEY
     insecure: bool = False  # allow a non-loopback address without an API key
     annotate: bool = True  # write the annotated video or image of every job
+    explain: bool = False  # explain every verdict: frame attributions and Grad-CAM heat maps (slower)
     device: str = "auto"
 
     def __post_init__(self) -> None:

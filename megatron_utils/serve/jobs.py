@@ -1,7 +1,8 @@
 """Jobs: one upload scored by the shared `Detector`, in a bounded pool of worker threads.
 
 Each job owns a folder named by its generated id (never by anything the client sent). Its upload is deleted
-once scored; its results (result.json, the annotated video or image, the timeline plot) are kept for
+once scored; its results (result.json, the annotated video or image, the timeline plot and, with
+`explain`, the attribution plot and heat maps) are kept for
 `result_ttl_s` after it finished, then a sweeper deletes the folder and the job. The queue is bounded: a
 submission beyond `queue_size` waiting jobs is refused with a Retry-After estimate, never silently dropped.
 """
@@ -16,7 +17,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,8 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 STAGES = {  # step -> (what the page shows, share of the work done when it starts)
     QUEUED: ("waiting for a worker", 0.0),
     "preprocess": ("decoding frames and finding faces", 0.05),
-    "forward": ("depth maps, embeddings and the verdict", 0.5),
+    "forward": ("depth maps, embeddings and the verdict", 0.4),
+    "explain": ("explaining the verdict: which frames, and where in the face", 0.6),
     "annotate": ("drawing the annotated copy and the timeline", 0.85),
     DONE: ("done", 1.0),
     FAILED: ("failed", 1.0),
@@ -46,7 +48,8 @@ class Predictor(Protocol):
     threshold: float
     weights: dict[str, str]
 
-    def predict(self, media: Any, name: str | None = None, progress: Any = None) -> Prediction: ...
+    def predict(self, media: Any, name: str | None = None, progress: Any = None,
+                explain: Path | None = None) -> Prediction: ...
 
 
 class QueueFull(Exception):
@@ -161,19 +164,32 @@ class JobManager:
         def progress(step: str) -> None:
             job.step = step
 
-        prediction = self.predictor.predict(job.media_path, progress=progress)
+        explain = job.folder / "explanation" if self.config.explain else None
+        prediction = self.predictor.predict(job.media_path, progress=progress, explain=explain)
         if not prediction.ok:
             job.error = (prediction.error or "failed").replace(str(job.media_path), job.filename)
             return
         job.step = "annotate"
+        explanation = prediction.explanation
+        heatmaps = None if explanation is None else explain / explanation.heatmaps
         if self.config.annotate:
             if prediction.media == "video":
-                job.files["annotated.mp4"] = annotate_video(prediction, job.folder / "annotated.mp4")
+                job.files["annotated.mp4"] = annotate_video(prediction, job.folder / "annotated.mp4",
+                                                            heatmaps=heatmaps)
             else:
-                job.files["annotated.png"] = annotate_image(prediction, job.folder / "annotated.png")
+                job.files["annotated.png"] = annotate_image(prediction, job.folder / "annotated.png",
+                                                            heatmaps=heatmaps)
         prediction.path = job.filename  # after annotation, which reads the upload by this path
         if self.config.annotate and prediction.media == "video":
             job.files["timeline.png"] = plot_timeline(prediction, job.folder / "timeline.png")
+        if explanation is not None:  # served under fixed public names; no server path in the result
+            job.files["attribution.png"] = explain / explanation.plot
+            images = {}
+            for rank, frame in enumerate(explanation.deciding_frames, 1):
+                images[str(frame)] = f"heatmap-{rank}.png"
+                job.files[images[str(frame)]] = explain / explanation.images[str(frame)]
+            prediction.explanation = replace(explanation, folder="", images=images, heatmaps="",
+                                             plot="attribution.png")
         job.result = prediction.to_dict()
         write_json_atomic(job.folder / RESULT_FILE, job.to_dict())
 

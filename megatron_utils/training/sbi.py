@@ -214,9 +214,17 @@ def self_blend(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
     config = config or SBIConfig()
     _checked_image(crop)
     mask = blend_mask(crop.shape, landmarks, rng, config)
-    source = _source(crop, rng, config)
+    return blend(crop, mask, rng, config), mask
+
+
+def blend(crop: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: SBIConfig | None = None
+          ) -> np.ndarray:
+    """uint8 [S, S, 3]: the crop blended, inside the soft `mask` float [S, S] in [0, 1], with a copy of
+    itself jittered by the source-target generator (colour, quality, a small affine)."""
+    config = config or SBIConfig()
+    _checked_image(crop)
     alpha = mask[..., None]
-    return _to_uint8(alpha * source + (1 - alpha) * crop.astype(np.float32)), mask
+    return _to_uint8(alpha * _source(crop, rng, config) + (1 - alpha) * crop.astype(np.float32))
 
 
 # Real-world augmentation ------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ with every scored face boxed and its running score written beside it.
 
 Faces are boxed red when their score is at or above the decision threshold ("fake"), green below it; the
 face that decided the verdict is drawn thicker. Between sampled frames, boxes and scores are interpolated
-linearly; a face is drawn from its first to its last scored frame.
+linearly; a face is drawn from its first to its last scored frame. Given an explanation's heat maps
+(`heatmaps.npz` of `predict --explain`), the explained face is overlaid with the Grad-CAM map of the nearest
+sampled frame, in its crop window interpolated like the boxes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..preprocessing.video import iter_frames, read_image, write_mp4
 
 FAKE_COLOUR = (220, 40, 40)  # RGB
 REAL_COLOUR = (40, 190, 70)
+HEAT_ALPHA = 0.45  # weight of the heat colours over the image where the map is 1
 
 
 def _require_ok(prediction: Prediction) -> None:
@@ -71,9 +74,47 @@ def _face_at(face: FaceScore, frame: int) -> tuple[np.ndarray, float] | None:
     return box, float(np.interp(frame, frames, face.timeline))
 
 
-def draw_faces(image: np.ndarray, prediction: Prediction, frame: int) -> np.ndarray:
-    """A copy of `image` (RGB) with the faces present at `frame` and the verdict drawn on it."""
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = HEAT_ALPHA) -> np.ndarray:
+    """uint8 RGB: the image under a heat map in [0, 1] (resized to it) in the JET colours (blue: little,
+    red: the most); weak evidence stays see-through."""
+    heat = np.clip(np.asarray(heat, np.float32), 0, 1)
+    if heat.shape != image.shape[:2]:
+        heat = cv2.resize(heat, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    weight = alpha * np.sqrt(heat)[..., None]
+    return np.uint8(np.round(image * (1 - weight) + colours * weight))
+
+
+def load_heatmaps(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An explanation's `heatmaps.npz`: frame_index [N], heatmaps float [N, S, S] in [0, 1] and windows
+    [N, 3] (left, top, side of each crop in its frame)."""
+    with np.load(path) as data:
+        return {name: data[name] for name in ("frame_index", "heatmaps", "windows")}
+
+
+def overlay_heatmap(image: np.ndarray, heatmaps: dict[str, np.ndarray], frame: int) -> np.ndarray:
+    """`image` with the heat map of the sampled frame nearest `frame` in the interpolated crop window;
+    unchanged outside the explained frames' span."""
+    frames = heatmaps["frame_index"]
+    if not len(frames) or frame < frames[0] or frame > frames[-1]:
+        return image
+    left, top, side = (int(round(np.interp(frame, frames, heatmaps["windows"][:, k]))) for k in range(3))
+    heat = cv2.resize(heatmaps["heatmaps"][np.abs(frames - frame).argmin()].astype(np.float32), (side, side),
+                      interpolation=cv2.INTER_LINEAR)
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + side, image.shape[1]), min(top + side, image.shape[0])
+    if x1 > x0 and y1 > y0:
+        image[y0:y1, x0:x1] = heat_overlay(image[y0:y1, x0:x1], heat[y0 - top:y1 - top, x0 - left:x1 - left])
+    return image
+
+
+def draw_faces(image: np.ndarray, prediction: Prediction, frame: int,
+               heatmaps: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """A copy of `image` (RGB) with the faces present at `frame` and the verdict drawn on it, over the
+    explained face's heat map when `heatmaps` are given."""
     out = np.ascontiguousarray(image.copy())
+    if heatmaps is not None:
+        out = overlay_heatmap(out, heatmaps, frame)
     scale = max(out.shape[0] / 720, 0.4)
     thickness = max(1, round(2 * scale))
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -112,27 +153,32 @@ def _scored_media(prediction: Prediction, media: Media | None) -> Media:
 
 
 def annotate_video(prediction: Prediction, out_path: str | os.PathLike, crf: int = 23,
-                   media: Media | None = None) -> Path:
+                   media: Media | None = None, heatmaps: str | os.PathLike | None = None) -> Path:
     """H.264 MP4 of the whole video (every decodable frame, at its frame rate) with boxes and scores;
-    `media` is the bytes or frames that were scored, when they were not a file."""
+    `media` is the bytes or frames that were scored, when they were not a file; `heatmaps` an explanation's
+    heatmaps.npz to overlay."""
     _require_ok(prediction)
     if prediction.media != "video":
         raise ValueError(f"{prediction.path} is an image; use annotate_image")
     source = normalized(_scored_media(prediction, media), prediction.path)
+    heat = None if heatmaps is None else load_heatmaps(heatmaps)
 
     def frames() -> Iterator[np.ndarray]:
         for index, frame in enumerate(source) if isinstance(source, np.ndarray) else iter_frames(source):
-            yield draw_faces(frame, prediction, index)
+            yield draw_faces(frame, prediction, index, heat)
 
     return write_mp4(out_path, frames(), fps=prediction.fps or 25.0, crf=crf)
 
 
-def annotate_image(prediction: Prediction, out_path: str | os.PathLike, media: Media | None = None) -> Path:
+def annotate_image(prediction: Prediction, out_path: str | os.PathLike, media: Media | None = None,
+                   heatmaps: str | os.PathLike | None = None) -> Path:
     """The image with boxes and scores, written in the format its suffix names (e.g. .png); `media` is the
-    bytes or array that were scored, when they were not a file."""
+    bytes or array that were scored, when they were not a file; `heatmaps` as for `annotate_video`."""
     _require_ok(prediction)
     source = normalized(_scored_media(prediction, media), prediction.path)
-    image = draw_faces(source[0] if isinstance(source, np.ndarray) else read_image(source), prediction, 0)
+    heat = None if heatmaps is None else load_heatmaps(heatmaps)
+    image = source[0] if isinstance(source, np.ndarray) else read_image(source)
+    image = draw_faces(image, prediction, 0, heat)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):

@@ -76,3 +76,26 @@ def plot_robustness(table: pd.DataFrame, path: str | os.PathLike, kind: str = "c
     axes.set(xlabel=f"{level} (0: clean)", ylabel="video AUC", ylim=(0, 1.02), title=title)
     axes.legend(loc="lower left", fontsize="small", ncol=2)
     figure.savefig(path, bbox_inches="tight")
+
+
+def plot_frame_attribution(frame_index: list[int], rgb: np.ndarray, depth: np.ndarray, deciding: list[int],
+                           verdict: str, path: str | os.PathLike) -> None:
+    """Each frame's push towards the verdict, depth stacked on RGB; the deciding frames are shaded."""
+    figure = Figure(figsize=(8, 3.2), dpi=100)
+    axes = figure.add_subplot()
+    rgb, depth = np.asarray(rgb, float), np.asarray(depth, float)
+    positions = np.arange(len(frame_index))
+    for number, frame in enumerate(deciding):
+        at = frame_index.index(frame)
+        axes.axvspan(at - 0.5, at + 0.5, color="gold", alpha=0.35,
+                     label=None if number else "deciding frames")
+    axes.bar(positions, rgb, color="C0", label="rgb", width=0.8)
+    axes.bar(positions, depth, bottom=np.where(depth >= 0, rgb.clip(0), rgb.clip(None, 0)), color="C1",
+             label="depth", width=0.8)  # stacked where both push the same way
+    axes.axhline(0, color="grey", linewidth=0.8)
+    step = max(1, len(frame_index) // 12)
+    axes.set_xticks(positions[::step], [str(f) for f in frame_index[::step]])
+    axes.set(xlabel="frame", ylabel=f"push towards '{verdict}'",
+             title="Which frames drove the verdict (Integrated Gradients)")
+    axes.legend(loc="best", fontsize="small")
+    figure.savefig(path, bbox_inches="tight")

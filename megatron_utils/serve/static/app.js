@@ -152,6 +152,24 @@ async function showResult(job) {
     $("annotated-image").src = await blobURL(files["annotated.png"]);
     $("image-figure").hidden = false;
   }
+  await renderExplanation(result.explanation, files);
+}
+
+async function renderExplanation(explanation, files) {
+  $("explanation").hidden = !explanation;
+  $("heatmaps").replaceChildren();
+  if (!explanation) return;
+  $("attribution").src = await blobURL(files[explanation.plot]);
+  for (const frame of explanation.deciding_frames) {
+    const figure = document.createElement("figure");
+    const image = document.createElement("img");
+    image.src = await blobURL(files[explanation.images[frame]]);
+    image.alt = `Frame ${frame}: the face and its heat map`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `frame ${frame}`;
+    figure.append(image, caption);
+    $("heatmaps").append(figure);
+  }
 }
 
 async function init() {
