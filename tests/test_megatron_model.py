@@ -28,7 +28,7 @@ def setup(asset, tmp_path_factory):
     depth, _ = compute_depth(faces, depth_config, cache_root=root / "cache")
     embed, _ = compute_embeddings(faces, depth, embed_config, cache_root=root / "cache")
     cached, _ = embed.read(VIDEO)
-    pixels, valid = video_clips(faces, embed, VIDEO)  # the crops laid out exactly as the cached clips
+    pixels, valid, _ = video_clips(faces, embed, VIDEO)  # the crops laid out exactly as the cached clips
     assert torch.equal(valid, torch.from_numpy(cached["valid"]))
     return DepthEstimator(depth_config), Embedder(embed_config), cached, pixels
 

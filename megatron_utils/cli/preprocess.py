@@ -1,4 +1,5 @@
-"""`megatron preprocess`: faces, depth maps and embeddings in one go, each stage resuming from its cache."""
+"""`megatron preprocess`: faces, depth maps, the optional audio stream and embeddings in one go, each stage
+resuming from its cache."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from .features import (
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..preprocessing.audio import AudioConfig
     from ..preprocessing.preprocess import PreprocessConfig, preprocess
 
     frames, faces = face_configs(args)
-    config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"))
+    audio = AudioConfig(encoder=args.audio, weights=args.audio_weights, device=args.device)
+    config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"),
+                              audio)
     if args.ray is not None:
         from ..preprocessing.cluster import preprocess_on_ray
 
@@ -36,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         f"({result.embed.config['depth']['weights']})"
     )
     print(f"depth model: {args.depth_model} ({result.depth.config['weights']})")
+    if result.audio is not None:
+        print(f"audio cache: {result.audio.dir}")
+        print(f"audio encoder: {args.audio} ({result.audio.config['weights']})")
     return 1 if result.failures() else 0
 
 
@@ -51,6 +58,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_depth_arguments(parser, prefix="depth-")
     add_embed_arguments(parser, prefix="embed-")
     add_runtime_arguments(parser)
+    parser.add_argument("--audio", default="none", metavar="ENCODER",
+                        help="the audio stream's encoder (default none: no audio stream; resemblyzer: the "
+                        "pretrained speaker encoder that installs with setup.sh; tiny: random, tests only)")
+    parser.add_argument("--audio-weights", help="a local copy of the audio encoder's weights file")
     parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache); "
                         "with --ray, a folder every node sees")
     parser.add_argument("--ray", metavar="auto|ADDRESS", help="spread the videos over a Ray cluster (auto: "

@@ -142,14 +142,14 @@ def explain(detector: Detector, video: VideoFaces, prediction: Prediction, featu
     frames = clips["frame_index"][clips["valid"]]
     frame_index = sorted(set(frames.tolist()))
     column = {frame: i for i, frame in enumerate(frame_index)}
-    totals = {name: np.zeros(len(frame_index)) for name in ("rgb", "depth")}
+    totals = {name: np.zeros(len(frame_index)) for name in ("rgb", "depth", *per_stream)}
     counts = np.zeros(len(frame_index))
     for (clip, position), frame in zip(positions, frames, strict=True):
         counts[column[frame]] += 1
         for name, values in per_stream.items():
             totals[name][column[frame]] += values[clip, position]
     rgb, depth = (totals[name] / counts for name in ("rgb", "depth"))
-    attribution = rgb + depth
+    attribution = sum(totals.values()) / counts  # with an audio stream, what was heard counts too
 
     # Where: Grad-CAM of each frame's crop inside its clip (the first clip holding the frame).
     row_of = {int(f): row for row, f in enumerate(track.frame_index)}

@@ -21,6 +21,8 @@ gets exactly the clips `evaluate` scores for an indexed one (same T, same frame 
   clips span the whole video, so their timeline is flat; consecutive windows localise it).
 - A still image is one clip of one frame. A video with fewer than `min_frames` frames (default
   max(2, T // 2)) is not scored.
+- A run trained with the audio stream hears each sampled frame's audio window too; frames given as an
+  array, stills and videos without an audio track are scored with the stream masked.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ from tqdm.auto import tqdm
 from ..core.cache import atomic_path
 from ..models.checkpoint import decision_threshold, load_recipe, resolve_checkpoint
 from ..models.heads import TemporalHead, load_head
+from ..preprocessing.audio import AudioEmbedder
 from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
 from ..preprocessing.faces import FaceDetector, VideoFaces, track_faces
 from ..preprocessing.frames import FramesConfig, Media, media_name, media_source, sample_video
 from ..preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig
-from ..preprocessing.video import MediaError
+from ..preprocessing.video import Encoded, MediaError
 from ..training.evaluate import autocast
 from ..visualization.annotate import annotate_image, annotate_video, load_heatmaps, plot_timeline
 from .explain import ExplainConfig
@@ -80,7 +83,8 @@ class PredictConfig:
         return config
 
 
-def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder) -> None:
+def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Embedder,
+                  audio: AudioEmbedder | None = None) -> None:
     """Refuse weights other than those the run was trained on (compared by content fingerprint)."""
     loaded = {"depth model": (depth.fingerprint, depth.weights),
               "rgb backbone": (embedder.rgb.fingerprint, f"{embedder.rgb.name}: {embedder.rgb.weights}"),
@@ -89,6 +93,9 @@ def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Emb
     expected = {"depth model": recorded.get("depth"),
                 "rgb backbone": (recorded.get("rgb") or {}).get("weights"),
                 "depth backbone": (recorded.get("depth_backbone") or {}).get("weights")}
+    if audio is not None:
+        loaded["audio encoder"] = (audio.encoder.fingerprint, audio.weights)
+        expected["audio encoder"] = (recorded.get("audio") or {}).get("weights")
     for name, (fingerprint, source) in loaded.items():
         if expected[name] is None:
             raise ValueError(f"the run's {PREPROCESS_FILE} does not record the {name} weights it was trained "
@@ -117,16 +124,19 @@ class Detector:
         self.face_detector = FaceDetector(preprocessing.faces)
         self.depth = DepthEstimator(preprocessing.depth)
         self.embedder = Embedder(preprocessing.embed)
-        dims = (self.embedder.rgb.num_features, self.embedder.depth.num_features)
-        if dims != (model.config.rgb_dim, model.config.depth_dim):
-            raise ValueError(f"the backbones give (rgb, depth) features of sizes {dims}, but {checkpoint} "
-                             f"expects {(model.config.rgb_dim, model.config.depth_dim)}")
+        self.audio = AudioEmbedder(preprocessing.audio) if preprocessing.audio.enabled else None
+        dims = (self.embedder.rgb.num_features, self.embedder.depth.num_features,
+                self.audio.num_features if self.audio else 0)
+        expected = (model.config.rgb_dim, model.config.depth_dim, model.config.audio_dim)
+        if dims != expected:
+            raise ValueError(f"the encoders give (rgb, depth, audio) features of sizes {dims}, but "
+                             f"{checkpoint} expects {expected}")
         self.weights = {
             "checkpoint": f"{checkpoint.resolve()} (threshold {self.threshold:.4f})",
             "depth_model": self.depth.weights,
             "rgb_backbone": f"{self.embedder.rgb.name}: {self.embedder.rgb.weights}",
             "depth_backbone": f"{self.embedder.depth.name}: {self.embedder.depth.weights}",
-        }
+        } | ({"audio_encoder": self.audio.weights} if self.audio else {})
 
     @classmethod
     def from_pretrained(cls, run_dir_or_checkpoint: str | os.PathLike, device: str = "auto",
@@ -158,10 +168,11 @@ class Detector:
             embed=replace(embed, **backbones, rgb_weights=rgb_weights or embed.rgb_weights,
                           depth_weights=depth_weights or embed.depth_weights, device=str(torch_device),
                           **batch),
+            audio=replace(preprocessing.audio, device=str(torch_device), **batch),
         )
         model = load_head(checkpoint, map_location=torch_device)
         detector = cls(model, preprocessing, config, checkpoint, torch_device)
-        check_weights(recorded, detector.depth, detector.embedder)
+        check_weights(recorded, detector.depth, detector.embedder, detector.audio)
         logger.info("predict with %s", "; ".join(f"{k}: {v}" for k, v in detector.weights.items()))
         return detector
 
@@ -177,10 +188,11 @@ class Detector:
                                          f"an image)")
         return track_faces(video, self.preprocessing.faces, self.face_detector)
 
-    def forward(self, video: VideoFaces, timings: dict[str, float] | None = None
+    def forward(self, video: VideoFaces, timings: dict[str, float] | None = None, media: Media | None = None
                 ) -> tuple[list[FaceScore], dict[str, np.ndarray]]:
-        """Depth maps, embeddings and the temporal head for every face's clips (seconds into `timings`):
-        the faces' scores, and the per-crop features of all tracks in order."""
+        """Depth maps, embeddings, the audio stream when the run has one (heard from `media`, a path or
+        bytes; none from frames) and the temporal head for every face's clips (seconds into `timings`): the
+        faces' scores, and the per-crop features of all tracks in order."""
         timings = {} if timings is None else timings
         tic = time.perf_counter()
         crops = np.concatenate([track.crops for track in video.tracks])  # all people in shared batches
@@ -190,6 +202,14 @@ class Detector:
         rgb, depth = self.embedder(crops, depth_maps)
         features = {"rgb": rgb, "depth": depth}
         timings["embed"] = time.perf_counter() - tic
+        if self.audio is not None:
+            tic = time.perf_counter()
+            times = np.concatenate([track.frame_index for track in video.tracks]) / max(video.fps, 1e-9)
+            source = Encoded(media, video.path) if isinstance(media, bytes) else media
+            heard = None if source is None or isinstance(source, np.ndarray) or video.still else source
+            features["audio"] = (self.audio(heard, times) if heard is not None
+                                 else np.zeros((len(crops), self.audio.num_features), np.float32))
+            timings["audio"] = time.perf_counter() - tic
         tic = time.perf_counter()
         faces = self.score_tracks(video, features)
         timings["classify"] = time.perf_counter() - tic
@@ -228,7 +248,7 @@ class Detector:
             video = self.preprocess(media, name)
             timings["decode_faces"] = time.perf_counter() - started
             report("forward")
-            faces, features = self.forward(video, timings)
+            faces, features = self.forward(video, timings, media)
             prediction = self.postprocess(video, faces, timings, source)
             if explain is not None:
                 report("explain")
@@ -287,7 +307,7 @@ class Detector:
         clips = self.track_clips(video, features)
         if not len(clips["owner"]):
             return []
-        probabilities = self.classify(clips["rgb"], clips["depth"], clips["valid"])
+        probabilities = self.classify({name: clips[name] for name in features}, clips["valid"])
         windows = video.clips
         faces = []
         for track_id, track in enumerate(video.tracks):
@@ -308,12 +328,12 @@ class Detector:
         return faces
 
     @torch.inference_mode()
-    def classify(self, rgb: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """P(fake) of clips [N, T, D] of each stream, in eval mode: no dropout and no augmentation."""
+    def classify(self, features: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+        """P(fake) of clips ({stream: [N, T, D]}, valid [N, T]), in eval mode: no dropout, no augmentation."""
         device = self.device
         with autocast(device):
-            logits = self.model(rgb=torch.from_numpy(rgb).to(device).float(),
-                                depth=torch.from_numpy(depth).to(device).float(),
+            logits = self.model(**{name: torch.from_numpy(value).to(device).float()
+                                   for name, value in features.items()},
                                 valid=torch.from_numpy(valid).to(device))
         return torch.sigmoid(logits.float()[:, 0]).cpu().numpy()
 

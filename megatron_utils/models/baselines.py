@@ -44,21 +44,27 @@ class LSTMHead(TemporalHead):
         self.head = nn.Sequential(nn.LayerNorm(fused_dim), nn.Dropout(config.dropout),
                                   nn.Linear(fused_dim, config.num_classes))
 
-    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None, *,
-                valid: torch.Tensor) -> torch.Tensor:
-        pooled = []
-        for name, frames in self.stream_inputs(rgb, depth).items():
+    def pooled_size(self) -> int:
+        return self.config.d_model * (2 if self.config.bidirectional else 1)
+
+    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                audio: torch.Tensor | None = None, *, valid: torch.Tensor) -> torch.Tensor:
+        inputs = self.stream_inputs(rgb, depth, audio)
+        masks = self.stream_masks(inputs, valid)
+        pooled = {}
+        for name, frames in inputs.items():
+            # Silent audio frames are read as zeros; a clip without any sound is replaced after pooling.
             frames, lengths = valid_first(self.project[name](frames), valid)
             packed = pack_padded_sequence(frames, lengths.cpu(), batch_first=True, enforce_sorted=False)
             outputs, (hidden, _) = self.lstms[name](packed)
             if self.config.pooling == "last":  # the final state of each direction of the top layer
                 directions = 2 if self.config.bidirectional else 1
-                pooled.append(torch.cat(list(hidden[-directions:]), dim=-1))
+                pooled[name] = torch.cat(list(hidden[-directions:]), dim=-1)
             else:
                 outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=frames.shape[1])
                 present = torch.arange(frames.shape[1], device=valid.device)[None] < lengths[:, None]
-                pooled.append(masked_mean(outputs, present))
-        return self.head(torch.cat(pooled, dim=-1))
+                pooled[name] = masked_mean(outputs, present)
+        return self.head(torch.cat(list(self.fill_silent(pooled, masks).values()), dim=-1))
 
 
 class FrameHead(TemporalHead):
@@ -68,14 +74,17 @@ class FrameHead(TemporalHead):
         self.classifier = nn.Sequential(nn.LayerNorm(features), nn.Dropout(config.dropout),
                                         nn.Linear(features, config.num_classes))
 
-    def frame_logits(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None
-                     ) -> torch.Tensor:
-        """Logits [B, T, num_classes] of every frame on its own."""
-        return self.classifier(torch.cat(list(self.stream_inputs(rgb, depth).values()), dim=-1))
+    def pooled_size(self) -> int:
+        return 0  # frames are classified one by one (a silent frame's audio features are zeros)
 
-    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None, *,
-                valid: torch.Tensor) -> torch.Tensor:
-        logits = self.frame_logits(rgb, depth)
+    def frame_logits(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                     audio: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, num_classes] of every frame on its own."""
+        return self.classifier(torch.cat(list(self.stream_inputs(rgb, depth, audio).values()), dim=-1))
+
+    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                audio: torch.Tensor | None = None, *, valid: torch.Tensor) -> torch.Tensor:
+        logits = self.frame_logits(rgb, depth, audio)
         if self.config.pooling == "max":
             return logits.masked_fill(~valid[..., None], float("-inf")).amax(1)
         # The mean of the frames' probabilities, as a logit (so training and thresholds work unchanged).

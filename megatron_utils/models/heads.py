@@ -9,6 +9,11 @@ evaluation and prediction take any of them unchanged.
 
 Ablations share this code: `streams="rgb"` or `"depth"` keeps one stream (no cross-attention), and
 `fusion="concat"` keeps both streams but only concatenates their pooled vectors (late fusion).
+
+An optional audio stream (`audio_dim` > 0, set when the embed cache holds one) joins the others: its frames
+are the audio encoder's embedding plus a presence channel (`preprocessing/audio.py`), frames without sound
+are masked, and a clip without any takes a learned "no audio" vector in place of its pooled audio, so a
+silent video still gets a score. In cross-attention each stream attends to all the others.
 A single image is a clip of length one. Padded frames (valid == False) never change the output: they are
 masked as attention keys and left out of mean pooling.
 """
@@ -35,6 +40,7 @@ WEIGHTS_NAME = "model.safetensors"
 class MegatronConfig:
     rgb_dim: int = 384  # per-frame embedding sizes of the two streams; each is projected to d_model
     depth_dim: int = 384
+    audio_dim: int = 0  # the audio stream's feature size (embedding + presence channel); 0: no audio stream
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 2  # self-attention encoder layers per stream
@@ -184,14 +190,39 @@ class TemporalHead(nn.Module):
         super().__init__()
         self.config = config
         self.stream_names = ["rgb", "depth"] if config.streams == "both" else [config.streams]
-        self.dims = {"rgb": config.rgb_dim, "depth": config.depth_dim}
+        self.stream_names += ["audio"] if config.audio_dim else []
+        self.dims = {"rgb": config.rgb_dim, "depth": config.depth_dim, "audio": config.audio_dim}
+        if config.audio_dim and self.pooled_size():
+            self.no_audio = nn.Parameter(torch.zeros(self.pooled_size()))
 
-    def stream_inputs(self, rgb: torch.Tensor | None, depth: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        inputs = {"rgb": rgb, "depth": depth}
+    def pooled_size(self) -> int:
+        """The size of one stream's pooled vector (0: the head pools no streams)."""
+        return self.config.d_model
+
+    def stream_inputs(self, rgb: torch.Tensor | None, depth: torch.Tensor | None,
+                      audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        inputs = {"rgb": rgb, "depth": depth, "audio": audio}
         for name in self.stream_names:
             if inputs[name] is None:
-                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}) but got None")
+                raise ValueError(f"the {name} stream is on (streams={self.config.streams!r}, audio_dim="
+                                 f"{self.config.audio_dim}) but got None")
         return {name: inputs[name] for name in self.stream_names}
+
+    def stream_masks(self, inputs: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each stream's valid frames: the clip's, and for audio only those with sound."""
+        masks = {name: valid for name in inputs}
+        if "audio" in inputs:
+            masks["audio"] = valid & (inputs["audio"][..., -1] > 0.5)
+        return masks
+
+    def fill_silent(self, pooled: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+        """The learned "no audio" vector in place of the pooled audio of clips without any sound."""
+        if "audio" in pooled:
+            heard = masks["audio"].any(dim=1, keepdim=True)
+            silent = self.no_audio.to(pooled["audio"])
+            pooled = {**pooled, "audio": torch.where(heard, pooled["audio"], silent)}
+        return pooled
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write model.safetensors and config.json (HF style) into `directory`."""
@@ -233,9 +264,9 @@ class MegatronHead(TemporalHead):
         shared = encoder(config) if config.share_encoders else None
         self.encoders = nn.ModuleDict({name: shared or encoder(config) for name in self.stream_names})
         self.cross_layers = nn.ModuleList()
-        if config.streams == "both" and config.fusion == "cross_attention":
+        if len(self.stream_names) > 1 and config.fusion == "cross_attention":
             self.cross_layers = nn.ModuleList(
-                nn.ModuleDict({"rgb": CrossAttentionBlock(config), "depth": CrossAttentionBlock(config)})
+                nn.ModuleDict({name: CrossAttentionBlock(config) for name in self.stream_names})
                 for _ in range(config.n_cross_layers)
             )
         fused_dim = config.d_model * len(self.stream_names)
@@ -248,21 +279,34 @@ class MegatronHead(TemporalHead):
         weights = valid.unsqueeze(-1).to(tokens.dtype)
         return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None, *,
-                valid: torch.Tensor) -> torch.Tensor:
-        """rgb [B, T, rgb_dim], depth [B, T, depth_dim] (either may be None if its stream is off),
-        valid bool [B, T] (False: padding; every clip needs one valid frame) -> logits [B, num_classes]."""
-        inputs = self.stream_inputs(rgb, depth)
+    def forward(self, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                audio: torch.Tensor | None = None, *, valid: torch.Tensor) -> torch.Tensor:
+        """rgb [B, T, rgb_dim], depth [B, T, depth_dim], audio [B, T, audio_dim] (None where the stream
+        is off), valid bool [B, T] (False: padding; every clip needs one valid frame) -> logits
+        [B, num_classes]."""
+        inputs = self.stream_inputs(rgb, depth, audio)
+        frames = self.stream_masks(inputs, valid)
         tokens, masks = {}, {}
         for name in self.stream_names:
-            embedded, masks[name] = self.embeddings[name](inputs[name], valid)
-            tokens[name] = self.encoders[name](embedded, src_key_padding_mask=~masks[name])
+            embedded, masks[name] = self.embeddings[name](inputs[name], frames[name])
+            own = masks[name].clone()
+            own[~own.any(dim=1), 0] = True  # a clip without sound reads one token; its pooling is replaced
+            tokens[name] = self.encoders[name](embedded, src_key_padding_mask=~own)
         for block in self.cross_layers:
-            # Both directions read the states from before this block, so neither stream goes first.
-            tokens = {"rgb": block["rgb"](tokens["rgb"], tokens["depth"], masks["depth"]),
-                      "depth": block["depth"](tokens["depth"], tokens["rgb"], masks["rgb"])}
-        pooled = torch.cat([self.pool(tokens[name], masks[name]) for name in self.stream_names], dim=-1)
-        return self.head(pooled)
+            # Every stream reads the others' states from before this block, so none goes first.
+            tokens = {name: block[name](tokens[name], *self.context(tokens, masks, name)) for name in tokens}
+        pooled = self.fill_silent({name: self.pool(tokens[name], masks[name]) for name in self.stream_names},
+                                  frames)
+        return self.head(torch.cat(list(pooled.values()), dim=-1))
+
+    @staticmethod
+    def context(tokens: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], query: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The other streams' tokens, side by side, and their masks: what stream `query` attends to."""
+        others = [name for name in tokens if name != query]
+        mask = torch.cat([masks[name] for name in others], dim=1)
+        mask[~mask.any(dim=1), 0] = True  # only a silent audio stream to read: its first (all-zero) frame
+        return torch.cat([tokens[name] for name in others], dim=1), mask
 
 
 # Temporal-head architectures by the name a checkpoint's config.json gives.

@@ -4,7 +4,9 @@ The stages cache what `features` computes (depth maps, then per-frame embeddings
 trains `head` on that cache. `forward` chains the same computations on tensors, differentiable end to end
 (normalisation and the per-crop depth min-max happen in float inside the graph), so gradients reach the
 input pixels: for fine-tuning the embedders, attacking the detector, or explaining a verdict. The
-face-mesh depth provider runs outside torch, so with it the depth stream is a constant of the pixels.
+face-mesh depth provider runs outside torch, so with it the depth stream is a constant of the pixels, as
+the audio stream (when the head has one) always is: it comes in beside the crops, as the embed stage
+cached it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class MegatronModel(nn.Module):
         """The temporal head on (cached) features -> logits [B, 1]."""
         return self.head(**features, valid=valid)
 
-    def forward(self, crops: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """crops [B, T, 3, S, S] in [0, 1], valid bool [B, T] -> logits [B, 1]; differentiable."""
-        return self.head_logits(self.features(crops), valid)
+    def forward(self, crops: torch.Tensor, valid: torch.Tensor, audio: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """crops [B, T, 3, S, S] in [0, 1], valid bool [B, T], the audio stream [B, T, D] when the head
+        has one -> logits [B, 1]; differentiable in the crops."""
+        heard = {"audio": audio} if audio is not None else {}
+        return self.head_logits(self.features(crops) | heard, valid)

@@ -3,7 +3,8 @@
 Two separate backbones (own weights each) run in eval mode under `torch.inference_mode`, on inputs
 prepared exactly as their training data was (the backbone's data config: size and ImageNet
 normalisation); a depth map is fed as three identical channels. Features of every crop are then laid
-out by clip as float16 [C, T, D] with a `valid` mask for clips shorter than T.
+out by clip as float16 [C, T, D] with a `valid` mask for clips shorter than T. With an `audio` stage
+cache (`audio.py`), its per-crop audio features are laid out beside them as a third stream.
 """
 
 from __future__ import annotations
@@ -129,42 +130,52 @@ def to_clips(features: dict[str, np.ndarray], clip_index: np.ndarray, frame_inde
 
 def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_cfg: EmbedConfig,
                        force: bool = False, cache_root: str | os.PathLike | None = None,
-                       item_ids: Sequence[str] | None = None, embedder: Embedder | None = None
-                       ) -> tuple[StageCache, StageReport]:
+                       item_ids: Sequence[str] | None = None, embedder: Embedder | None = None,
+                       audio_cache: StageCache | None = None) -> tuple[StageCache, StageReport]:
     """RGB and depth embeddings for every video (or only `item_ids`) with a faces entry, into the
     `embed` stage cache: `rgb` [C, T, D_rgb], `depth` [C, T, D_depth] (float16), `valid` [C, T],
-    `frame_index` [C, T]. `embedder`: one a caller keeps loaded (built from `embed_cfg`)."""
-    if depth_cache.config.get("faces") != faces_cache.key:
-        raise ValueError(f"depth cache {depth_cache.dir} was computed from faces cache "
-                         f"{depth_cache.config.get('faces')}, not from {faces_cache.key} ({faces_cache.dir})")
+    `frame_index` [C, T], and `audio` [C, T, D_audio] when an `audio_cache` is given. `embedder`: one a
+    caller keeps loaded (built from `embed_cfg`)."""
+    upstream = [("depth", depth_cache)] + ([("audio", audio_cache)] if audio_cache is not None else [])
+    for name, stage in upstream:
+        if stage.config.get("faces") != faces_cache.key:
+            raise ValueError(f"{name} cache {stage.dir} was computed from faces cache "
+                             f"{stage.config.get('faces')}, not from {faces_cache.key} ({faces_cache.dir})")
     embedder = embedder or Embedder(embed_cfg)
-    cache = StageCache("embed", {"faces": faces_cache.key, "depth_maps": depth_cache.key,
+    audio_key = {"audio": audio_cache.key} if audio_cache is not None else {}
+    cache = StageCache("embed", {"faces": faces_cache.key, "depth_maps": depth_cache.key, **audio_key,
                                  "frames_per_clip": embed_cfg.frames_per_clip, **embedder.identity()},
                        root=cache_root)
     items = done_upstream(faces_cache, item_ids)
 
     def fingerprint(item_id: str) -> str:
-        paths = (faces_cache.entry_path(item_id), depth_cache.entry_path(item_id))
+        paths = [faces_cache.entry_path(item_id)] + [stage.entry_path(item_id) for _, stage in upstream]
         return "|".join(file_fingerprint(p) if p.exists() else "missing" for p in paths)
 
-    def load(item_id: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
-        if depth_cache.status(item_id) == FAILED:
-            raise ValueError(f"depth stage failed: {depth_cache.records()[item_id].get('error')}")
+    def read_upstream(item_id: str, name: str, stage: StageCache, faces: dict[str, np.ndarray]) -> np.ndarray:
+        if stage.status(item_id) == FAILED:
+            raise ValueError(f"{name} stage failed: {stage.records()[item_id].get('error')}")
+        tensors, _ = stage.read(item_id)
+        if len(tensors[name]) != len(faces["crops"]) or not np.array_equal(tensors["frame_index"],
+                                                                            faces["frame_index"]):
+            raise ValueError(f"{name} entry {list(tensors[name].shape)} does not match the faces entry "
+                             f"{list(faces['crops'].shape)}")
+        return tensors[name]
+
+    def load(item_id: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         faces, _ = faces_cache.read(item_id)
-        depth, _ = depth_cache.read(item_id)
-        crops, maps = faces["crops"], depth["depth"]
+        crops = faces["crops"]
         if crops.ndim != 4 or crops.shape[-1] != 3 or len(crops) == 0:
             raise ValueError(f"faces entry has crops {list(crops.shape)}, expected [N>0, S, S, 3]")
-        if maps.ndim != 3 or not np.array_equal(depth["frame_index"], faces["frame_index"]):
-            raise ValueError(f"depth entry {list(maps.shape)} does not match the faces entry "
-                             f"{list(crops.shape)}")
-        return (crops, maps), (faces["clip_index"], faces["frame_index"], faces.get("track"))
+        maps, *audio = (read_upstream(item_id, name, stage, faces) for name, stage in upstream)
+        if maps.ndim != 3:
+            raise ValueError(f"depth entry has maps {list(maps.shape)}, expected [N, S, S]")
+        return (crops, maps), (faces["clip_index"], faces["frame_index"], faces.get("track"), *audio)
 
-    def save(indices: tuple[np.ndarray, np.ndarray, np.ndarray | None], features: tuple[np.ndarray, ...]
-             ) -> dict:
-        clip_index, frame_index, track = indices
-        return to_clips({"rgb": features[0], "depth": features[1]}, clip_index, frame_index,
-                        embed_cfg.frames_per_clip, track)
+    def save(context: tuple[np.ndarray, ...], features: tuple[np.ndarray, ...]) -> dict:
+        clip_index, frame_index, track, *audio = context
+        streams = {"rgb": features[0], "depth": features[1]} | ({"audio": audio[0]} if audio else {})
+        return to_clips(streams, clip_index, frame_index, embed_cfg.frames_per_clip, track)
 
     report = run_batched_stage(cache, items, fingerprint, load, embedder.embed_batch, save,
                                embed_cfg.batch_size, force, rgb_weights=embedder.rgb.weights,

@@ -1,4 +1,4 @@
-"""The whole preprocessing chain: frames and faces, depth maps, then RGB and depth embeddings.
+"""The whole preprocessing chain: frames and faces, depth maps, the optional audio stream, then embeddings.
 
 Each stage keeps its own cache, so an interrupted run resumes where it stopped. The full configuration
 is written beside the embeddings (`preprocess.json`), so a model trained on them records exactly how
@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..core.cache import StageCache, StageReport, write_json_atomic
+from .audio import AudioConfig, AudioEmbedder, compute_audio
 from .depth import DepthConfig, DepthEstimator, compute_depth
 from .embed import EmbedConfig, Embedder, compute_embeddings
 from .faces import FaceConfig, extract_faces
@@ -34,6 +35,7 @@ class PreprocessConfig:
     faces: FaceConfig = field(default_factory=FaceConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)  # off unless an encoder is named
 
     def __post_init__(self) -> None:
         # The embedding stage lays crops out as [clips, T]; T always comes from the frames stage.
@@ -44,7 +46,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        parts = {"frames": FramesConfig, "faces": FaceConfig, "depth": DepthConfig, "embed": EmbedConfig}
+        parts = {"frames": FramesConfig, "faces": FaceConfig, "depth": DepthConfig, "embed": EmbedConfig,
+                 "audio": AudioConfig}
         unknown = set(data) - set(parts)
         if unknown:
             raise ValueError(f"unknown preprocessing sections {sorted(unknown)}; expected {sorted(parts)}")
@@ -69,14 +72,17 @@ class PreprocessConfig:
 
 @dataclass
 class LoadedModels:
-    """The depth model and the two embedders of one preprocessing config, loaded once and reused."""
+    """The depth model, the two embedders and the audio embedder (when the config has an audio stream) of
+    one preprocessing config, loaded once and reused."""
 
     depth: DepthEstimator
     embed: Embedder
+    audio: AudioEmbedder | None = None
 
     @classmethod
     def load(cls, config: PreprocessConfig) -> LoadedModels:
-        return cls(DepthEstimator(config.depth), Embedder(config.embed))
+        audio = AudioEmbedder(config.audio) if config.audio.enabled else None
+        return cls(DepthEstimator(config.depth), Embedder(config.embed), audio)
 
 
 @dataclass
@@ -85,6 +91,7 @@ class PreprocessResult:
     depth: StageCache
     embed: StageCache
     reports: list[StageReport]
+    audio: StageCache | None = None
 
     def failures(self) -> dict[str, str]:
         """Every item that has no embedding, with the stage and reason it failed at."""
@@ -119,13 +126,23 @@ def preprocess(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     depth, depth_report = compute_depth(faces, config.depth, force, cache_root, item_ids=item_ids,
                                         estimator=models.depth if models else None)
     logger.info(depth_report.summary())
+    reports = [faces_report, depth_report]
+    audio = None
+    if config.audio.enabled:
+        audio, audio_report = compute_audio(faces, config.audio, force, cache_root, item_ids=item_ids,
+                                            embedder=models.audio if models else None)
+        logger.info(audio_report.summary())
+        reports.append(audio_report)
     embed, embed_report = compute_embeddings(faces, depth, config.embed, force, cache_root, item_ids=item_ids,
-                                             embedder=models.embed if models else None)
+                                             embedder=models.embed if models else None, audio_cache=audio)
     logger.info(embed_report.summary())
+    caches = {"faces": faces, "depth": depth, "embed": embed} | ({"audio": audio} if audio else {})
     write_json_atomic(embed.dir / PREPROCESS_FILE, {
         "config": config.to_dict(),
-        "caches": {"faces": str(faces.dir), "depth": str(depth.dir), "embed": str(embed.dir)},
+        "caches": {name: str(stage.dir) for name, stage in caches.items()},
         "weights": {"depth": depth.config.get("weights"),
-                    "rgb": embed.config.get("rgb"), "depth_backbone": embed.config.get("depth")},
+                    "rgb": embed.config.get("rgb"), "depth_backbone": embed.config.get("depth")}
+                   | ({"audio": {key: audio.config.get(key) for key in ("encoder", "weights")}}
+                      if audio else {}),
     })
-    return PreprocessResult(faces, depth, embed, [faces_report, depth_report, embed_report])
+    return PreprocessResult(faces, depth, embed, [*reports, embed_report], audio)

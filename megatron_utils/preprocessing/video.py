@@ -154,6 +154,31 @@ def probe(path: Source) -> VideoInfo:
         return VideoInfo(str(path), width, height, int(frames or 1), fps, rotation, stream.codec_context.name)
 
 
+def decode_audio(path: Source, sample_rate: int) -> np.ndarray | None:
+    """The first audio track as mono float32 samples at `sample_rate`, aligned so sample 0 is the video's
+    first frame (a track that starts later is led in with silence); None when there is no audio track."""
+    path = _as_source(path)
+    if is_image(path):
+        return None
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        audio, video = container.streams.audio[0], container.streams.video[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks, first_time = [], None
+        try:
+            for frame in container.decode(audio):
+                first_time = frame.time if first_time is None else first_time
+                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+        except av.error.FFmpegError as error:
+            raise MediaError(path, f"cannot decode the audio track ({error})") from error
+        video_start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    lead = round(((first_time or 0.0) - video_start) * sample_rate)
+    return np.pad(samples, (lead, 0)) if lead > 0 else samples[-lead:]
+
+
 SEEK_SAVING = 0.7  # seek only when that decodes under 70% of the frames that decoding from the start would
 
 
@@ -311,12 +336,14 @@ def read_image(path: Source) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 23,
-              preset: str = "medium", gop: int | None = None) -> Path:
-    """Encode RGB uint8 frames as H.264 (yuv420p) MP4, atomically. crf 23 is FF++'s c23 quality."""
+              preset: str = "medium", gop: int | None = None, audio: np.ndarray | None = None,
+              sample_rate: int = 16000) -> Path:
+    """Encode RGB uint8 frames as H.264 (yuv420p) MP4, atomically. crf 23 is FF++'s c23 quality. `audio`:
+    mono float samples in [-1, 1] at `sample_rate`, muxed as an AAC track starting with the first frame."""
     path = Path(path)
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), mode="w", format="mp4")
-        stream = None
+        stream = sound = None
         try:
             for frame in frames:
                 if stream is None:
@@ -328,14 +355,29 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float 
                     if gop is not None:
                         options["g"] = str(gop)
                     stream.options = options
+                    if audio is not None and len(audio):  # every stream exists before the first packet
+                        sound = container.add_stream("aac", rate=sample_rate, layout="mono")
                 even = np.ascontiguousarray(frame[: stream.height, : stream.width])
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")))
             if stream is None:
                 raise ValueError(f"{path}: no frames to write")
             container.mux(stream.encode(None))
+            if sound is not None:
+                _mux_aac(container, sound, np.asarray(audio, np.float32), sample_rate)
         finally:
             container.close()
     return path
+
+
+def _mux_aac(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
+             samples: np.ndarray, sample_rate: int) -> None:
+    chunk = stream.codec_context.frame_size or 1024
+    for start in range(0, len(samples), chunk):
+        frame = av.AudioFrame.from_ndarray(np.clip(samples[None, start:start + chunk], -1, 1), format="fltp",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
 
 
 @functools.lru_cache(maxsize=64)

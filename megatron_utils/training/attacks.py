@@ -111,44 +111,53 @@ class ClipAsImage(nn.Module):
     """One clip [T, 3, S, S] as torchattacks' image [3, T*S, S] (any batch of copies of it, as query
     attacks make); the logit z as logits (0, z)."""
 
-    def __init__(self, model: MegatronModel, valid: torch.Tensor):
+    def __init__(self, model: MegatronModel, valid: torch.Tensor, audio: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.valid = valid  # [T]: the clip's valid frames
+        self.audio = audio  # [T, D]: its audio stream (not attacked: the attacker changes pixels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, size = images.shape
         crops = images.view(batch, 3, height // size, size, size).transpose(1, 2)
-        return two_class(self.model(crops, self.valid.expand(batch, -1)))
+        audio = self.audio.expand(batch, -1, -1) if self.audio is not None else None
+        return two_class(self.model(crops, self.valid.expand(batch, -1), audio))
 
 
 def attack_clips(model: MegatronModel, crops: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
-                 attack: str, eps: float, config: AttackConfig | None = None) -> torch.Tensor:
+                 attack: str, eps: float, config: AttackConfig | None = None,
+                 audio: torch.Tensor | None = None) -> torch.Tensor:
     """Adversarial copies of `crops` [B, T, 3, S, S] in [0, 1] (labels: 1 = fake), within `eps` in
-    L-infinity and in [0, 1]; eps 0 returns the crops unchanged."""
+    L-infinity and in [0, 1]; eps 0 returns the crops unchanged. `audio` [B, T, D]: the clips' audio stream
+    when the head has one."""
     if eps == 0:
         return crops
     build = ATTACKS.entry(attack)
     _, frames, _, size, _ = crops.shape
     adversarial = []
-    for clip, clip_valid, label in zip(crops, valid, labels, strict=True):
+    heard = audio if audio is not None else [None] * len(crops)
+    for clip, clip_valid, clip_audio, label in zip(crops, valid, heard, labels, strict=True):
         # One clip per attack: query attacks (Square) score subsets of the batch, and each clip has its own
         # valid frames. In eval mode: torchattacks restores the mode it found, and a new Module trains.
-        attacker = build(ClipAsImage(model, clip_valid).eval(), eps, config or AttackConfig())
+        attacker = build(ClipAsImage(model, clip_valid, clip_audio).eval(), eps, config or AttackConfig())
         image = clip.transpose(0, 1).reshape(1, 3, frames * size, size)
         adversarial.append(attacker(image, label.long().view(1)).view(3, frames, size, size).transpose(0, 1))
     return torch.stack(adversarial).detach()
 
 
-def video_clips(faces: StageCache, embed: StageCache, video_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T]) of a video: its face crops laid out into clips
-    by the embed stage's own `to_clips`, so clip c here is row c of its embed entry."""
+def video_clips(faces: StageCache, embed: StageCache, video_id: str
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T], audio stream [C, T, D] or None) of a video: its
+    face crops laid out into clips by the embed stage's own `to_clips`, so clip c here is row c of its embed
+    entry, whose audio stream (when it has one) comes along."""
     detected, _ = faces.read(video_id)
     crops = detected["crops"]
     clips = to_clips({"crops": crops.reshape(len(crops), -1)}, detected["clip_index"],
                      detected["frame_index"], int(embed.config["frames_per_clip"]), detected.get("track"))
     pixels = torch.from_numpy(clips["crops"].reshape(*clips["valid"].shape, *crops.shape[1:]))
-    return pixels.permute(0, 1, 4, 2, 3).float() / 255, torch.from_numpy(clips["valid"])
+    audio = embed.read(video_id)[0].get("audio") if "audio" in embed.config else None
+    return (pixels.permute(0, 1, 4, 2, 3).float() / 255, torch.from_numpy(clips["valid"]),
+            torch.from_numpy(audio).float() if audio is not None else None)
 
 
 def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: list[float],
@@ -177,13 +186,14 @@ def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: l
     scores = {setting: [] for setting in settings}
     for video_id, label in tqdm(zip(table["video_id"], labels, strict=True), total=len(table),
                                 desc="adversarial", unit="video"):
-        crops, valid = video_clips(faces, embed, video_id)
+        crops, valid, audio = video_clips(faces, embed, video_id)
         crops, valid = crops.to(device), valid.to(device)
+        audio = audio.to(device) if audio is not None else None
         target = torch.full((len(crops),), int(label), device=device)
         for attack, eps in settings:
-            attacked = attack_clips(model, crops, valid, target, attack, eps / 255, config)
+            attacked = attack_clips(model, crops, valid, target, attack, eps / 255, config, audio)
             with torch.no_grad():
-                scores[(attack, eps)].append(float(torch.sigmoid(model(attacked, valid)).mean()))
+                scores[(attack, eps)].append(float(torch.sigmoid(model(attacked, valid, audio)).mean()))
     rows = []
     for (attack, eps), probs in scores.items():
         probs = np.asarray(probs)

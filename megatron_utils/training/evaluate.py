@@ -251,6 +251,10 @@ def feature_models(preprocessing: dict) -> str:
     streams = [f"{stream} backbone {config[stream]['backbone']} ({config[stream]['weights']}"
                + (f", fine-tuned weights {tuned[stream]})" if tuned.get(stream) else ")")
                for stream in ("rgb", "depth") if isinstance(config.get(stream), dict)]
+    if "audio" in config:  # the embed cache was made with an audio stream (its key names the audio stage's)
+        audio = (pipeline or {}).get("audio") or {}
+        streams.append(f"audio encoder {audio.get('encoder', 'unknown')} "
+                       f"({audio.get('weights') or 'its packaged weights'}; audio cache {config['audio']})")
     return "; ".join([f"depth model {depth_model}", *streams])
 
 

@@ -71,9 +71,13 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
                 blended = blend_clips(entry["crops"], entry["landmarks"], entry["clip_index"], video_seed,
                                       config)
                 rgb, depth_features = embedder(blended, depth(blended))
-                embed.write(item, to_clips({"rgb": rgb, "depth": depth_features}, entry["clip_index"],
-                                           entry["frame_index"], preprocessing.embed.frames_per_clip,
-                                           entry.get("track")), source=video_id)
+                streams = {"rgb": rgb, "depth": depth_features}
+                if "audio" in embed.config:  # a twin sounds like its real video: only its pixels are blended
+                    audio = StageCache.open(embed_dir.parent.parent / "audio" / str(embed.config["audio"]))
+                    streams["audio"] = audio.read(video_id)[0]["audio"]
+                embed.write(item, to_clips(streams, entry["clip_index"], entry["frame_index"],
+                                           preprocessing.embed.frames_per_clip, entry.get("track")),
+                            source=video_id)
             except (OSError, KeyError, ValueError) as error:
                 embed.record(item, FAILED, error=f"pseudo-fake of {video_id}: {type(error).__name__}: "
                                                  f"{error}")

@@ -1,7 +1,9 @@
 """`build_mini`: the mini FF++-style dataset, from real faces to a split, manifested folder of H.264 videos.
 
-Steps: find faces in the preset's sources and plan the clips; render, track and encode every original;
-split identities and pair clips; manipulate the chosen pairs with every method; write the FF++ split
+Steps: find faces in the preset's sources and plan the clips; render, track and encode every original
+(with its source's sound, as AAC, where the source has an audio track); split identities and pair clips;
+manipulate the chosen pairs with every method (and give pairs with a voice to the preset's audio-visual
+families); write the FF++ split
 files, `mini_manifest.json` and `contact_sheet.png`. Every video is written atomically and recorded in a
 StageCache under `DIR/.mini/` (landmarks of originals, changed-region boxes of fakes), so a second build
 with the same preset and seed reuses what is finished and `force` starts over.
@@ -29,15 +31,17 @@ from ...core.cache import FAILED, OK, StageCache, file_fingerprint, stable_hash,
 from ...preprocessing.video import MediaError, write_mp4
 from .contact_sheet import MAX_ROWS, SheetRow, write_contact_sheet
 from .landmarks import FaceNotFound, FaceTracker, landmark_box, yaw_ratio
-from .manipulations import METHODS, SELF_METHODS, Clip
+from .manipulations import AUDIO_METHODS, METHODS, SELF_METHODS, Clip
 from .presets import get_preset
-from .sources import SOURCES, ClipSpec, discover_clips, render_clip
+from .sources import AUDIO_RATE, SOURCES, ClipSpec, discover_clips, render_audio, render_clip
 from .splits import SPLITS, FakeSpec, plan_splits
 
 log = logging.getLogger(__name__)
 
-# Bumped when rendering or manipulation code changes the videos. 2: boxes from the faces stage's dlib_boxes.
-BUILD_VERSION = 2
+# Bumped when rendering or manipulation code changes the videos. 2: boxes from the faces stage's dlib_boxes;
+# 3: audio tracks.
+BUILD_VERSION = 3
+VOICE_DBFS = -60.0  # a clip whose audio is quieter than this (RMS) has no voice to lend
 ORIGINALS_DIR = Path("original_sequences/youtube/c23/videos")
 MANIFEST = "mini_manifest.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -92,19 +96,24 @@ def _init_worker() -> None:
 
 
 def _make_original(spec: ClipSpec, path: Path, crf: int) -> dict[str, np.ndarray]:
-    frames = render_clip(spec)
+    frames, audio = render_clip(spec), render_audio(spec)
     landmarks, detected = _tracker().track(frames)
-    write_mp4(path, frames, fps=spec.fps, crf=crf)
-    return {"landmarks": landmarks, "detected": detected}
+    write_mp4(path, frames, fps=spec.fps, crf=crf, audio=audio, sample_rate=AUDIO_RATE)
+    loud = audio is not None and len(audio) and np.sqrt(np.mean(np.square(audio))) > 10 ** (VOICE_DBFS / 20)
+    return {"landmarks": landmarks, "detected": detected, "voiced": np.array(bool(loud))}
 
 
 def _make_fake(fake: FakeSpec, target: ClipSpec, target_landmarks: np.ndarray, source: ClipSpec,
                source_landmarks: np.ndarray, path: Path, crf: int, seed: int) -> dict[str, np.ndarray]:
+    if fake.method in AUDIO_METHODS:  # the target's frames, the source's voice
+        frames = render_clip(target)
+        write_mp4(path, frames, fps=target.fps, crf=crf, audio=render_audio(source), sample_rate=AUDIO_RATE)
+        return {"changed_box": np.zeros((len(frames), 4), np.float32)}
     target_clip = Clip(render_clip(target), target_landmarks)
     source_clip = target_clip if source == target else Clip(render_clip(source), source_landmarks)
     rng = np.random.default_rng(int(stable_hash([seed, fake.method, fake.name], 8), 16))
     frames, boxes = METHODS[fake.method](target_clip, source_clip, rng)
-    write_mp4(path, frames, fps=target.fps, crf=crf)
+    write_mp4(path, frames, fps=target.fps, crf=crf, audio=render_audio(target), sample_rate=AUDIO_RATE)
     return {"changed_box": boxes}
 
 
@@ -242,10 +251,13 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
     log.info("mini %s: %d clips planned in %.1fs", preset, len(clips), time.perf_counter() - started)
     with _pool(config.workers) as pool:
         specs, built, reused = _build_originals(cache, clips, out, config.crf, pool, skipped)
-        landmarks = {clip_id: cache.read(f"original/{clip_id}")[0]["landmarks"] for clip_id in specs}
+        originals = {clip_id: cache.read(f"original/{clip_id}")[0] for clip_id in specs}
+        landmarks = {clip_id: entry["landmarks"] for clip_id, entry in originals.items()}
+        voiced = {clip_id for clip_id, entry in originals.items() if entry["voiced"]}
         yaw = {clip_id: yaw_ratio(points) for clip_id, points in landmarks.items()}
         pairs, fakes = plan_splits({c: s.identity for c, s in specs.items()}, yaw, config.split_fractions,
-                                   config.manipulated_fractions, list(METHODS), SELF_METHODS, seed)
+                                   config.manipulated_fractions, list(METHODS), SELF_METHODS, seed,
+                                   config.audio_methods, voiced)
         fakes, built_fakes, reused_fakes = _build_fakes(cache, fakes, specs, landmarks, out, config.crf, seed,
                                                         pool, skipped)
     built, reused = built + built_fakes, reused + reused_fakes
@@ -259,7 +271,8 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
         split_paths[split] = out / "splits" / f"{split}.json"
         write_json_atomic(split_paths[split], [list(pair) for pair in pairs[split]])
     counts = {split: {"original": sum(s == split for s in split_of.values()),
-                      **{m: sum(f.split == split and f.method == m for f in fakes) for m in METHODS}}
+                      **{m: sum(f.split == split and f.method == m for f in fakes)
+                         for m in [*METHODS, *config.audio_methods]}}
               for split in SPLITS}
     sheet = out / CONTACT_SHEET
     if built or removed or not sheet.exists():
@@ -273,7 +286,7 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
                      "skipped": skipped.get(asset)}
                     for asset, sha256 in sources.items()],
         "landmark_model": {"asset": "dlib_landmarks_68", "sha256": ASSETS["dlib_landmarks_68"].sha256},
-        "originals": [{**asdict(s), "split": split_of[c]} for c, s in specs.items()],
+        "originals": [{**asdict(s), "split": split_of[c], "voiced": c in voiced} for c, s in specs.items()],
         "fakes": [{**asdict(f), "name": f.name} for f in fakes],
         "skipped": dict(sorted(skipped.items())),
         "counts": counts,

@@ -8,6 +8,11 @@
 - SelfBlend: the target's own face, colour/sharpness-jittered and slightly rescaled and shifted, blended
   back inside a landmark mask (Self-Blended Images).
 Each returns the fake frames and the per-frame box of the changed region.
+
+- VoiceSwap (an audio-visual family, `AUDIO_METHODS`): the target's frames untouched, with the source
+  clip's audio track: a real video, someone else's voice. Its changed box is empty.
+
+A fake keeps its target's audio track, except VoiceSwap's.
 """
 
 from __future__ import annotations
@@ -193,3 +198,6 @@ METHODS: dict[str, Manipulation] = {
     "SelfBlend": self_blend,
 }
 SELF_METHODS = {"SelfBlend"}
+# Families that change the sound, not the pixels: the fake is made of the target's frames and the source's
+# audio track, so a source needs one (`build.py`).
+AUDIO_METHODS = ("VoiceSwap",)

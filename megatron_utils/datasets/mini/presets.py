@@ -20,6 +20,7 @@ class MiniPreset:
     manipulated_fractions: tuple[float, float, float]
     workers: int = 2
     crf: int = 23  # FF++ c23
+    audio_methods: tuple[str, ...] = ()  # audio-visual families to build too (e.g. VoiceSwap)
 
 
 MINI_PRESETS: Registry[MiniPreset] = Registry("mini preset")
@@ -35,6 +36,7 @@ register_preset(MiniPreset(
              "lenna", "pyfeat_multi_face"),
     height=256, clip_frames=40, max_clips_per_video=2, max_faces_per_photo=3,
     split_fractions=(0.5, 0.25, 0.25), manipulated_fractions=(0.34, 0.34, 0.34),
+    audio_methods=("VoiceSwap",),
 ))
 
 register_preset(MiniPreset(

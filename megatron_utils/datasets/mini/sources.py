@@ -1,5 +1,6 @@
 """The real faces behind the mini dataset: which asset shows whom, where the faces are, and how each clip
-is rendered (a cut of a real video, or a still photo filmed by a moving virtual camera)."""
+is rendered (a cut of a real video with its own sound, or a still photo filmed by a moving virtual camera,
+silent)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import numpy as np
 
 from ...core.assets import ASSETS, fetch
 from ...core.cache import stable_hash
-from ...preprocessing.video import iter_frames, probe, read_image
+from ...preprocessing.video import decode_audio, iter_frames, probe, read_image
 from .landmarks import detect_faces
 from .motion import CameraMotion, animate_still
 from .presets import MiniPreset
 
 STILL_FPS = 25.0
+AUDIO_RATE = 16000  # mono samples per second of the clips' audio tracks
 WINDOW_PER_FACE = 2.4  # a still clip shows a square window this many face sizes wide
 MIN_FACE_PX = 64  # smaller faces (in the source) are too blurry to manipulate
 SCAN_EVERY = 6  # videos are checked for a face every this many frames
@@ -171,6 +173,18 @@ def discover_clips(preset: MiniPreset, seed: int) -> tuple[list[ClipSpec], dict[
 @functools.lru_cache(maxsize=4)
 def _still(path: str) -> np.ndarray:
     return read_image(path)
+
+
+def render_audio(spec: ClipSpec) -> np.ndarray | None:
+    """The clip's own stretch of its source's audio track (mono float32 at AUDIO_RATE), or None: stills and
+    videos without an audio track are silent."""
+    if spec.kind == "still":
+        return None
+    samples = decode_audio(fetch(spec.asset), AUDIO_RATE)
+    if samples is None:
+        return None
+    start, stop = (round(frame / spec.fps * AUDIO_RATE) for frame in (spec.start, spec.start + spec.n_frames))
+    return np.pad(samples[start:stop], (0, max(0, stop - start - len(samples[start:stop]))))
 
 
 def render_clip(spec: ClipSpec) -> np.ndarray:
