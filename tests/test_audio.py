@@ -24,6 +24,7 @@ from megatron_utils.preprocessing.frames import FramesConfig
 from megatron_utils.preprocessing.preprocess import PreprocessConfig, preprocess
 from megatron_utils.preprocessing.video import decode_audio, read_frames, write_mp4
 from megatron_utils.training.clips import load_clips
+from megatron_utils.training.evaluate import evaluate_run
 from megatron_utils.training.train import TrainConfig, train
 
 RATE = MelConfig().sample_rate
@@ -140,6 +141,9 @@ def test_train_and_predict_with_the_audio_stream(voiced_mini, tmp_path, one_torc
     for twin in twins:
         real = twin.split("/", 1)[1]
         np.testing.assert_array_equal(embed.read(twin)[0]["audio"], embed.read(real)[0]["audio"])
+    evaluation = evaluate_run(run, index, result.embed.dir, split="val")
+    assert 0 <= evaluation.overall()["auc"] <= 1
+    assert "audio encoder resemblyzer" in (evaluation.out_dir / "report.md").read_text()  # says what it heard
     detector = Detector.from_pretrained(run, device="cpu")
     assert "resemblyzer" in detector.weights["audio_encoder"]
     swap = table.loc[table["method"] == "VoiceSwap", "path"].iloc[0]
