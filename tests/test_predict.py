@@ -272,6 +272,8 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
 
     assert main(["predict", str(tmp_path / "nothing-*.mp4"), "--run", str(run)]) == 2
     assert "no input matched" in capsys.readouterr().err
+    assert main(["predict", "", "--run", str(run)]) == 2  # not the current folder
+    assert "empty string" in capsys.readouterr().err
     assert main(["predict", str(inputs), "--run", str(tmp_path / "no-run")]) == 2
     assert main(["predict", str(inputs), "--run", str(run), "--checkpoint", "nope"]) == 2
 

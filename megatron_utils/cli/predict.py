@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         write_jsonl,
     )
 
+    if any(not pattern.strip() for pattern in args.inputs):  # Path("") is the current folder: never meant
+        raise ValueError("an input is an empty string (an unset shell variable?); name files, folders or "
+                         "patterns")
     paths = expand_inputs(args.inputs)
     if not any(path.exists() for path in paths):
         raise FileNotFoundError(f"no input matched: {' '.join(args.inputs)}")
