@@ -30,7 +30,7 @@ pip_install --no-deps -e .
 # transformers from source (~30 s each).
 env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "
 import importlib, pkgutil
-import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, captum, librosa
+import torch, torchvision, timm, transformers, dlib, cv2, av, ai_edge_litert, facenet_pytorch, torchattacks, captum, librosa, espeakng_loader
 from megatron_utils.models.audio import packaged_resemblyzer_weights; packaged_resemblyzer_weights()
 import transformers.models.depth_anything.modeling_depth_anything, ipykernel, papermill, pytest
 import megatron_utils

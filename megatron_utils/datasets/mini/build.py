@@ -1,9 +1,9 @@
 """`build_mini`: the mini FF++-style dataset, from real faces to a split, manifested folder of H.264 videos.
 
 Steps: find faces in the preset's sources and plan the clips; render, track and encode every original
-(with its source's sound, as AAC, where the source has an audio track); split identities and pair clips;
-manipulate the chosen pairs with every method (and give pairs with a voice to the preset's audio-visual
-families); write the FF++ split
+(with its sound as AAC: the source video's voice, else the identity's synthetic one); split identities
+and pair clips; manipulate the chosen pairs with every method (and the preset's audio-visual families);
+write the FF++ split
 files, `mini_manifest.json` and `contact_sheet.png`. Every video is written atomically and recorded in a
 StageCache under `DIR/.mini/` (landmarks of originals, changed-region boxes of fakes), so a second build
 with the same preset and seed reuses what is finished and `force` starts over.
@@ -33,7 +33,7 @@ from .contact_sheet import MAX_ROWS, SheetRow, write_contact_sheet
 from .landmarks import FaceNotFound, FaceTracker, landmark_box, yaw_ratio
 from .manipulations import AUDIO_METHODS, METHODS, SELF_METHODS, Clip
 from .presets import get_preset
-from .sources import AUDIO_RATE, SOURCES, ClipSpec, discover_clips, render_audio, render_clip
+from .sources import AUDIO_RATE, SOURCES, ClipSpec, discover_clips, own_voice, render_audio, render_clip
 from .splits import SPLITS, FakeSpec, plan_splits
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # Bumped when rendering or manipulation code changes the videos. 2: boxes from the faces stage's dlib_boxes;
 # 3: audio tracks.
 BUILD_VERSION = 3
-VOICE_DBFS = -60.0  # a clip whose audio is quieter than this (RMS) has no voice to lend
 ORIGINALS_DIR = Path("original_sequences/youtube/c23/videos")
 MANIFEST = "mini_manifest.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -96,11 +95,10 @@ def _init_worker() -> None:
 
 
 def _make_original(spec: ClipSpec, path: Path, crf: int) -> dict[str, np.ndarray]:
-    frames, audio = render_clip(spec), render_audio(spec)
+    frames = render_clip(spec)
     landmarks, detected = _tracker().track(frames)
-    write_mp4(path, frames, fps=spec.fps, crf=crf, audio=audio, sample_rate=AUDIO_RATE)
-    loud = audio is not None and len(audio) and np.sqrt(np.mean(np.square(audio))) > 10 ** (VOICE_DBFS / 20)
-    return {"landmarks": landmarks, "detected": detected, "voiced": np.array(bool(loud))}
+    write_mp4(path, frames, fps=spec.fps, crf=crf, audio=render_audio(spec), sample_rate=AUDIO_RATE)
+    return {"landmarks": landmarks, "detected": detected}
 
 
 def _make_fake(fake: FakeSpec, target: ClipSpec, target_landmarks: np.ndarray, source: ClipSpec,
@@ -251,13 +249,11 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
     log.info("mini %s: %d clips planned in %.1fs", preset, len(clips), time.perf_counter() - started)
     with _pool(config.workers) as pool:
         specs, built, reused = _build_originals(cache, clips, out, config.crf, pool, skipped)
-        originals = {clip_id: cache.read(f"original/{clip_id}")[0] for clip_id in specs}
-        landmarks = {clip_id: entry["landmarks"] for clip_id, entry in originals.items()}
-        voiced = {clip_id for clip_id, entry in originals.items() if entry["voiced"]}
+        landmarks = {clip_id: cache.read(f"original/{clip_id}")[0]["landmarks"] for clip_id in specs}
         yaw = {clip_id: yaw_ratio(points) for clip_id, points in landmarks.items()}
         pairs, fakes = plan_splits({c: s.identity for c, s in specs.items()}, yaw, config.split_fractions,
-                                   config.manipulated_fractions, list(METHODS), SELF_METHODS, seed,
-                                   config.audio_methods, voiced)
+                                   config.manipulated_fractions, [*METHODS, *config.audio_methods],
+                                   SELF_METHODS, seed)
         fakes, built_fakes, reused_fakes = _build_fakes(cache, fakes, specs, landmarks, out, config.crf, seed,
                                                         pool, skipped)
     built, reused = built + built_fakes, reused + reused_fakes
@@ -286,7 +282,8 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
                      "skipped": skipped.get(asset)}
                     for asset, sha256 in sources.items()],
         "landmark_model": {"asset": "dlib_landmarks_68", "sha256": ASSETS["dlib_landmarks_68"].sha256},
-        "originals": [{**asdict(s), "split": split_of[c], "voiced": c in voiced} for c, s in specs.items()],
+        "originals": [{**asdict(s), "split": split_of[c], "voice": "synthetic" if own_voice(s) is None
+                       else "its own"} for c, s in specs.items()],
         "fakes": [{**asdict(f), "name": f.name} for f in fakes],
         "skipped": dict(sorted(skipped.items())),
         "counts": counts,

@@ -199,5 +199,5 @@ METHODS: dict[str, Manipulation] = {
 }
 SELF_METHODS = {"SelfBlend"}
 # Families that change the sound, not the pixels: the fake is made of the target's frames and the source's
-# audio track, so a source needs one (`build.py`).
+# audio track (`build.py`).
 AUDIO_METHODS = ("VoiceSwap",)

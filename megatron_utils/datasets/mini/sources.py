@@ -1,6 +1,6 @@
 """The real faces behind the mini dataset: which asset shows whom, where the faces are, and how each clip
-is rendered (a cut of a real video with its own sound, or a still photo filmed by a moving virtual camera,
-silent)."""
+is rendered (a cut of a real video, or a still photo filmed by a moving virtual camera), and what it sounds
+like (the video's own voice where it has one, else the identity's synthetic voice: `speech.py`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from ...preprocessing.video import decode_audio, iter_frames, probe, read_image
 from .landmarks import detect_faces
 from .motion import CameraMotion, animate_still
 from .presets import MiniPreset
+from .speech import speech
 
 STILL_FPS = 25.0
 AUDIO_RATE = 16000  # mono samples per second of the clips' audio tracks
+VOICE_DBFS = -60.0  # a source stretch quieter than this (RMS) has no voice of its own
 WINDOW_PER_FACE = 2.4  # a still clip shows a square window this many face sizes wide
 MIN_FACE_PX = 64  # smaller faces (in the source) are too blurry to manipulate
 SCAN_EVERY = 6  # videos are checked for a face every this many frames
@@ -175,16 +177,28 @@ def _still(path: str) -> np.ndarray:
     return read_image(path)
 
 
-def render_audio(spec: ClipSpec) -> np.ndarray | None:
-    """The clip's own stretch of its source's audio track (mono float32 at AUDIO_RATE), or None: stills and
-    videos without an audio track are silent."""
-    if spec.kind == "still":
-        return None
-    samples = decode_audio(fetch(spec.asset), AUDIO_RATE)
+@functools.lru_cache(maxsize=8)
+def _source_audio(asset: str) -> np.ndarray | None:
+    return decode_audio(fetch(asset), AUDIO_RATE)
+
+
+def own_voice(spec: ClipSpec) -> np.ndarray | None:
+    """The clip's stretch of its source video's audio track (mono float32 at AUDIO_RATE) when it is louder
+    than VOICE_DBFS, else None (photos, videos without a track or with a silent one)."""
+    samples = _source_audio(spec.asset) if spec.kind == "video" else None
     if samples is None:
         return None
     start, stop = (round(frame / spec.fps * AUDIO_RATE) for frame in (spec.start, spec.start + spec.n_frames))
-    return np.pad(samples[start:stop], (0, max(0, stop - start - len(samples[start:stop]))))
+    stretch = np.pad(samples[start:stop], (0, max(0, stop - start - len(samples[start:stop]))))
+    return stretch if np.sqrt(np.mean(np.square(stretch))) > 10 ** (VOICE_DBFS / 20) else None
+
+
+def render_audio(spec: ClipSpec) -> np.ndarray:
+    """The clip's sound: its own voice, else the identity's synthetic one, as long as the clip."""
+    voice = own_voice(spec)
+    if voice is not None:
+        return voice
+    return speech(spec.identity, spec.n_frames / spec.fps, AUDIO_RATE, spec.motion_seed)
 
 
 def render_clip(spec: ClipSpec) -> np.ndarray:

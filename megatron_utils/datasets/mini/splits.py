@@ -67,11 +67,9 @@ def pair_clips(clip_identity: dict[str, str], rng: np.random.Generator) -> list[
 def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
                 fractions: tuple[float, float, float], manipulated: tuple[float, float, float],
                 methods: list[str], self_methods: set[str], seed: int,
-                audio_methods: tuple[str, ...] = (), voiced: set[str] | frozenset = frozenset(),
                 ) -> tuple[dict[str, list[tuple[str, str]]], list[FakeSpec]]:
     """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip and
-    `manipulated` the share of each split's pairs that get fakes. Audio methods take a voice from the
-    `voiced` clips: every pair with one gets them (voices are scarce), the voiced clip as the source."""
+    `manipulated` the share of each split's pairs that get fakes."""
     rng = np.random.default_rng(seed)
     by_identity: dict[str, list[str]] = {}
     for clip, identity in sorted(clip_identity.items()):
@@ -90,7 +88,4 @@ def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
                 for target, source in ((a, b), (b, a)):
                     source = target if method in self_methods else source
                     fakes.append(FakeSpec(method, target, source, split))
-        for a, b in pairs[split]:
-            fakes += [FakeSpec(method, target, source, split) for method in audio_methods
-                      for target, source in ((a, b), (b, a)) if source in voiced]
     return pairs, list(dict.fromkeys(fakes))  # a clip in two chosen pairs gets one SelfBlend fake
