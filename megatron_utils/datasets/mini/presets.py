@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...core.registry import Registry
 
@@ -53,5 +53,7 @@ register_preset(MiniPreset(
     split_fractions=(0.5, 0.2, 0.3), manipulated_fractions=(0.5, 1.0, 1.0),
 ))
 
+# The demo with its audio-visual family too, for the audio stream (bench/bench_audio.py).
+register_preset(replace(MINI_PRESETS["demo"], name="demo-av", audio_methods=("VoiceSwap",)))
 
 get_preset = MINI_PRESETS.entry
