@@ -22,7 +22,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,9 @@ class StageCache:
             save_file(contiguous, str(tmp), metadata={"meta": json.dumps(metadata or {}, default=str)})
         self.record(item_id, OK, **record_info)
 
-    def read(self, item_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def read(self, item_id: str, names: Sequence[str] | None = None
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """An entry's tensors (only `names`, without reading the others, when given) and its metadata."""
         path = self.entry_path(item_id)
         if not path.exists():
             raise FileNotFoundError(f"{self.stage} cache has no entry for {item_id!r} (expected {path})")
@@ -213,6 +215,9 @@ class StageCache:
 
         with safe_open(str(path), framework="numpy") as handle:
             metadata = json.loads((handle.metadata() or {}).get("meta", "{}"))
+            if names is not None:
+                stored = set(handle.keys())
+                return {name: handle.get_tensor(name) for name in names if name in stored}, metadata
         return load_file(str(path)), metadata
 
     def done_items(self) -> list[str]:

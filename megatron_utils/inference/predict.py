@@ -206,9 +206,8 @@ class Detector:
             tic = time.perf_counter()
             times = np.concatenate([track.frame_index for track in video.tracks]) / max(video.fps, 1e-9)
             source = Encoded(media, video.path) if isinstance(media, bytes) else media
-            heard = None if source is None or isinstance(source, np.ndarray) or video.still else source
-            features["audio"] = (self.audio(heard, times) if heard is not None
-                                 else np.zeros((len(crops), self.audio.num_features), np.float32))
+            heard = None if isinstance(source, np.ndarray) or video.still else source
+            features["audio"] = self.audio(heard, times)
             timings["audio"] = time.perf_counter() - tic
         tic = time.perf_counter()
         faces = self.score_tracks(video, features)

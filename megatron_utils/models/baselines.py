@@ -33,14 +33,13 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class LSTMHead(TemporalHead):
     def __init__(self, config: MegatronConfig):
         super().__init__(config)
-        directions = 2 if config.bidirectional else 1
         self.project = nn.ModuleDict({name: nn.Linear(self.dims[name], config.d_model)
                                       for name in self.stream_names})
         self.lstms = nn.ModuleDict({name: nn.LSTM(
             config.d_model, config.d_model, num_layers=config.n_layers, batch_first=True,
             bidirectional=config.bidirectional, dropout=config.dropout if config.n_layers > 1 else 0.0)
             for name in self.stream_names})
-        fused_dim = config.d_model * directions * len(self.stream_names)
+        fused_dim = self.pooled_size() * len(self.stream_names)
         self.head = nn.Sequential(nn.LayerNorm(fused_dim), nn.Dropout(config.dropout),
                                   nn.Linear(fused_dim, config.num_classes))
 

@@ -42,6 +42,11 @@ class AudioConfig:
         return self.encoder != NO_AUDIO
 
 
+def rms(samples: np.ndarray) -> float:
+    """Root mean square of float samples in [-1, 1] (0 for none); 10 ** (dBFS / 20) compares to it."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+
+
 def mel_windows(samples: np.ndarray | None, times: np.ndarray, mel: MelConfig, silence_dbfs: float = -60.0
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Mel windows float32 [N, window_frames, n_mels] centred on `times` (seconds), and `present` bool [N]:
@@ -53,13 +58,12 @@ def mel_windows(samples: np.ndarray | None, times: np.ndarray, mel: MelConfig, s
         return windows, np.zeros(len(times), bool)
     span = mel.window_frames * mel.hop_length // 2  # samples each side of a window's centre
     middles = np.round(times * mel.sample_rate).astype(np.int64)
-    loudness = np.array([np.sqrt(np.mean(np.square(samples[max(0, m - span):max(0, m + span)],
-                                                   dtype=np.float64))) if 0 <= m < len(samples) else 0.0
+    loudness = np.array([rms(samples[max(0, m - span):m + span]) if 0 <= m < len(samples) else 0.0
                          for m in middles])
     present = loudness > 10 ** (silence_dbfs / 20)
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-    if 0 < rms < 10 ** (mel.target_dbfs / 20):  # quiet speech is brought up to the training loudness
-        samples = samples * (10 ** (mel.target_dbfs / 20) / rms)
+    level = rms(samples)
+    if 0 < level < 10 ** (mel.target_dbfs / 20):  # quiet speech is brought up to the training loudness
+        samples = samples * (10 ** (mel.target_dbfs / 20) / level)
     spectrogram = librosa.feature.melspectrogram(y=samples, sr=mel.sample_rate, n_fft=mel.n_fft,
                                                  hop_length=mel.hop_length, n_mels=mel.n_mels).T
     half = mel.window_frames // 2
@@ -104,14 +108,21 @@ class AudioEmbedder:
 
     @torch.inference_mode()
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        """[N, window_frames, n_mels] -> [N, D]; all-zero windows (no sound: `mel_windows` zeroes them) are
+        not run through the encoder and get zero rows, so silent videos (all of FF++) cost nothing."""
+        out = np.zeros((len(windows), self.encoder.num_features), np.float32)
+        heard = np.flatnonzero(windows.reshape(len(windows), -1).any(axis=1))
         step = self.config.batch_size
-        outputs = [self.encoder.model(torch.from_numpy(windows[i:i + step]).to(self.device)).float().cpu()
-                   for i in range(0, len(windows), step)]
-        return torch.cat(outputs).numpy() if outputs else np.zeros((0, self.encoder.num_features), np.float32)
+        for start in range(0, len(heard), step):
+            rows = heard[start:start + step]
+            batch = torch.from_numpy(windows[rows]).to(self.device)
+            out[rows] = self.encoder.model(batch).float().cpu().numpy()
+        return out
 
-    def __call__(self, source: Source, times: np.ndarray) -> np.ndarray:
-        windows, present = mel_windows(decode_audio(source, self.encoder.mel.sample_rate), times,
-                                       self.encoder.mel, self.config.silence_dbfs)
+    def __call__(self, source: Source | None, times: np.ndarray) -> np.ndarray:
+        """Stream features of `source`'s sound at `times` (seconds); None: no sound (all-zero rows)."""
+        samples = decode_audio(source, self.encoder.mel.sample_rate) if source is not None else None
+        windows, present = mel_windows(samples, times, self.encoder.mel, self.config.silence_dbfs)
         return with_presence(self.embed_windows(windows), present)
 
 
@@ -132,7 +143,7 @@ def compute_audio(faces_cache: StageCache, config: AudioConfig, force: bool = Fa
         return file_fingerprint(path) if path.exists() else "missing"
 
     def load(item_id: str) -> tuple[tuple[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        tensors, metadata = faces_cache.read(item_id)
+        tensors, metadata = faces_cache.read(item_id, ["frame_index"])  # not the crops
         frame_index = tensors["frame_index"].astype(np.int32)
         fps = float(metadata.get("fps") or 0)
         samples = decode_audio(records[item_id]["path"], mel.sample_rate) if fps > 0 else None

@@ -155,7 +155,7 @@ def video_clips(faces: StageCache, embed: StageCache, video_id: str
     clips = to_clips({"crops": crops.reshape(len(crops), -1)}, detected["clip_index"],
                      detected["frame_index"], int(embed.config["frames_per_clip"]), detected.get("track"))
     pixels = torch.from_numpy(clips["crops"].reshape(*clips["valid"].shape, *crops.shape[1:]))
-    audio = embed.read(video_id)[0].get("audio") if "audio" in embed.config else None
+    audio = embed.read(video_id, ["audio"])[0].get("audio")
     return (pixels.permute(0, 1, 4, 2, 3).float() / 255, torch.from_numpy(clips["valid"]),
             torch.from_numpy(audio).float() if audio is not None else None)
 

@@ -63,6 +63,9 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
         if now != then:
             raise ValueError(f"the feature models at hand ({now}) are not those that made {embed_dir} "
                              f"({then})")
+        # A twin sounds like its real video (only its pixels are blended): its audio stream is the real's.
+        audio = (StageCache.open(embed_dir.parent.parent / "audio" / str(embed.config["audio"]), "audio")
+                 if "audio" in embed.config else None)
         for video_id in tqdm(todo, desc="pseudo-fake twins", unit="video"):
             item = f"{prefix}/{video_id}"
             try:
@@ -72,9 +75,8 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
                                       config)
                 rgb, depth_features = embedder(blended, depth(blended))
                 streams = {"rgb": rgb, "depth": depth_features}
-                if "audio" in embed.config:  # a twin sounds like its real video: only its pixels are blended
-                    audio = StageCache.open(embed_dir.parent.parent / "audio" / str(embed.config["audio"]))
-                    streams["audio"] = audio.read(video_id)[0]["audio"]
+                if audio is not None:
+                    streams["audio"] = audio.read(video_id, ["audio"])[0]["audio"]
                 embed.write(item, to_clips(streams, entry["clip_index"], entry["frame_index"],
                                            preprocessing.embed.frames_per_clip, entry.get("track")),
                             source=video_id)

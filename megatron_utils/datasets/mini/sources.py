@@ -13,6 +13,7 @@ import numpy as np
 
 from ...core.assets import ASSETS, fetch
 from ...core.cache import stable_hash
+from ...preprocessing.audio import rms
 from ...preprocessing.video import decode_audio, iter_frames, probe, read_image
 from .landmarks import detect_faces
 from .motion import CameraMotion, animate_still
@@ -190,7 +191,7 @@ def own_voice(spec: ClipSpec) -> np.ndarray | None:
         return None
     start, stop = (round(frame / spec.fps * AUDIO_RATE) for frame in (spec.start, spec.start + spec.n_frames))
     stretch = np.pad(samples[start:stop], (0, max(0, stop - start - len(samples[start:stop]))))
-    return stretch if np.sqrt(np.mean(np.square(stretch))) > 10 ** (VOICE_DBFS / 20) else None
+    return stretch if rms(stretch) > 10 ** (VOICE_DBFS / 20) else None
 
 
 def render_audio(spec: ClipSpec) -> np.ndarray:
