@@ -33,12 +33,13 @@ from common import bench_video, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megatron_utils.core.cache import PREPROCESS_FILE  # noqa: E402
 from megatron_utils.demo import demo_preprocess_config  # noqa: E402
 from megatron_utils.inference.predict import Detector  # noqa: E402
 from megatron_utils.models.heads import DEFAULT_MODEL, MegatronHead, list_models, model_config  # noqa: E402
 from megatron_utils.preprocessing.depth import DepthEstimator  # noqa: E402
 from megatron_utils.preprocessing.embed import Embedder  # noqa: E402
-from megatron_utils.preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig  # noqa: E402
+from megatron_utils.preprocessing.preprocess import PreprocessConfig  # noqa: E402
 
 DEPTH_MODEL = "random-init:depth-anything-v2-small"
 BACKBONE = "mobilenetv2_offline"

@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, bench_video, peak_rss_mb, print_table, write_results  # noqa: E402
+from megatron_utils.core.precision import resolve_device  # noqa: E402
 from megatron_utils.models.backbones import load_depth_model  # noqa: E402
-from megatron_utils.preprocessing.batching import resolve_device  # noqa: E402
 from megatron_utils.preprocessing.depth import DepthConfig  # noqa: E402
 from megatron_utils.preprocessing.embed import EmbedConfig  # noqa: E402
 from megatron_utils.preprocessing.faces import FaceConfig  # noqa: E402

@@ -63,7 +63,8 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     test_rows = build_index(folder).table.query("split == 'test' and label == 'fake'")
     assert set(per_method["name"]) == set(test_rows["method"]) >= {"FaceSwap", "MouthReenact", "SelfBlend"}
     assert (per_method["fake"] > 0).all() and (per_method["real"] == metrics.iloc[0]["real"]).all()
-    assert 0.0 <= summary["test_metrics"]["auc"] <= 1.0
+    test_metrics = summary["test_metrics"]
+    assert not any(pd.isna(test_metrics[name]) for name in ("auc", "fpr", "tpr", "tpr_at_5fpr"))
     saved = json.loads((tmp_path / "run" / "demo_summary.json").read_text())
     assert saved["seconds"].keys() >= {"train", "index"}
 
@@ -85,13 +86,19 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     best = tmp_path / "run" / "best"
     assert {"decision.json", "preprocess.json", "README.md"} <= {path.name for path in best.iterdir()}
     assert json.loads((best / "config.json").read_text())["architecture"] == "megatron"
-    assert "test split" in (best / "README.md").read_text()  # the card carries the test metrics
+    card = (best / "README.md").read_text()
+    assert "test split" in card and "of reals called fake" in card  # the card carries the test metrics
+    assert "at most 5% of real validation videos scored this high" in card  # the threshold in words
+    assert "RGB embedder: `tiny_random`, fine-tuned by megatron finetune" in card  # models in words
+    assert "depth map: MediaPipe face mesh" in card and "sha256" in card
+    assert "ffpp (train split:" in card  # data by dataset name and split
+    assert str(tmp_path) not in card and "/tmp" not in card and "/root" not in card  # no machine path
     evaluated = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "scores.csv").iloc[0]
     moved = tmp_path / "elsewhere" / "checkpoint"
     shutil.copytree(best, moved)
     shutil.rmtree(tmp_path / "run")  # nothing of the run is left: not its finetune/ nor its preprocess.json
     detector = Detector.from_pretrained(moved)
-    assert "embedders/rgb" in detector.weights["rgb_backbone"]
+    assert "fine-tuned by megatron finetune" in detector.weights["rgb_backbone"]
     assert detector.threshold == json.loads((moved / "decision.json").read_text())["threshold"]
     prediction = detector.predict(evaluated["path"])
     assert prediction.fake_probability == pytest.approx(evaluated["probability"], abs=2e-3)

@@ -6,8 +6,9 @@ import pytest
 
 from megatron_utils.cli import main
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
+from megatron_utils.models.checkpoint import Decision
 from megatron_utils.models.heads import model_config
-from megatron_utils.training.evaluate import binary_metrics, choose_threshold, evaluate_run, metric_table
+from megatron_utils.training.evaluate import binary_metrics, choose_decision, evaluate_run, metric_table
 from megatron_utils.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,19 +46,40 @@ def test_binary_metrics_match_hand_computed_values():
     assert metrics["balanced_accuracy"] == pytest.approx(0.75)
     assert metrics["f1"] == pytest.approx(2 / 3)  # precision 1, recall 1/2
     assert (metrics["real"], metrics["fake"], metrics["videos"]) == (2, 2, 4)
+    assert (metrics["fpr"], metrics["tpr"]) == (0.0, 0.5)
+    assert metrics["tpr_at_5fpr"] == pytest.approx(0.5)  # 0.8 alone clears both reals
+    assert np.isnan(metrics["uncertain"])  # no band given
+    banded = binary_metrics(labels, probs, threshold=0.5, uncertain_below=0.3)
+    assert banded["uncertain"] == pytest.approx(0.5)  # 0.4 and 0.35 lie in [0.3, 0.5)
     only_reals = binary_metrics(np.zeros(3, dtype=int), np.array([0.2, 0.7, 0.1]), threshold=0.5)
     assert np.isnan(only_reals["auc"]) and only_reals["accuracy"] == pytest.approx(2 / 3)
 
 
-def test_threshold_maximises_balanced_accuracy():
+@pytest.mark.parametrize("target_fpr", [0.0, 0.05, 0.2])
+def test_decision_holds_the_target_false_positive_rate_on_validation(target_fpr):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 200)
-    probs = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, 200), 0, 1)
-    chosen = choose_threshold(labels, probs)
-    best = binary_metrics(labels, probs, chosen)["balanced_accuracy"]
-    assert all(binary_metrics(labels, probs, t)["balanced_accuracy"] <= best + 1e-12 for t in probs)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(0.3 + 0.3 * labels + rng.normal(0, 0.2, 400), 0, 1)
+    decision = choose_decision(labels, probs, target_fpr=target_fpr, target_fnr=0.1)
+    reals, fakes = probs[labels == 0], probs[labels == 1]
+    assert (reals >= decision.threshold).mean() <= target_fpr
+    # the lowest such threshold: the next real below it would break the target
+    next_real = reals[reals < decision.threshold].max()
+    assert (reals >= next_real).mean() > target_fpr
+    assert (fakes < decision.uncertain_below).mean() <= 0.1
+    assert decision.uncertain_below <= decision.threshold
+    verdicts = {decision.verdict(p) for p in probs}
+    assert verdicts == {"real", "uncertain", "fake"}
+    assert f"at most {target_fpr:.0%} of real validation videos" in decision.meaning()
     with pytest.raises(ValueError, match="both real and fake"):
-        choose_threshold(np.ones(4, dtype=int), probs[:4])
+        choose_decision(np.ones(4, dtype=int), probs[:4])
+
+
+def test_separated_classes_leave_no_uncertain_band():
+    decision = choose_decision(np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]))
+    assert 0.3 < decision.threshold <= 0.31 and decision.uncertain_below == decision.threshold
+    assert [decision.verdict(p) for p in (0.3, 0.7)] == ["real", "fake"]
+    assert "uncertain" not in decision.meaning()
 
 
 def test_metric_table_rows_compare_each_method_with_all_reals():
@@ -66,7 +88,7 @@ def test_metric_table_rows_compare_each_method_with_all_reals():
         "method": ["original", "original", "Deepfakes", "FaceSwap", "FaceSwap"],
         "probability": [0.1, 0.6, 0.9, 0.2, 0.7],
     })
-    table = metric_table(scores, threshold=0.5).set_index(["group", "name"])
+    table = metric_table(scores, Decision(threshold=0.5, uncertain_below=0.5)).set_index(["group", "name"])
     assert list(table.index) == [("overall", "all"), ("dataset", "ffpp"), ("method", "Deepfakes"),
                                  ("method", "FaceSwap")]
     assert table.loc[("method", "Deepfakes"), ["real", "fake"]].tolist() == [2, 1]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
 
+from megatron_utils.inference.pixel_path import MegatronModel
 from megatron_utils.models.heads import MegatronHead, model_config
-from megatron_utils.models.megatron import MegatronModel
 from megatron_utils.preprocessing.depth import DepthConfig, DepthEstimator, compute_depth
 from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings
 from megatron_utils.training.attacks import AttackConfig, attack_clips, video_clips

@@ -46,7 +46,11 @@ def detector(tiny_run):
 def check_record(prediction: Prediction):
     assert prediction.status == "ok" and prediction.error is None, prediction.error
     assert 0 <= prediction.fake_probability <= 1
-    assert prediction.verdict == ("fake" if prediction.fake_probability >= prediction.threshold else "real")
+    p, band = prediction.fake_probability, prediction.uncertain_below
+    assert band <= prediction.threshold
+    expected = "fake" if p >= prediction.threshold else "uncertain" if p >= band else "real"
+    assert prediction.verdict == expected
+    assert "of real validation videos scored this high" in prediction.decision
     best = max(prediction.faces, key=lambda face: face.probability)
     assert (prediction.face, prediction.fake_probability) == (best.track, best.probability)
     assert prediction.face_box == best.boxes[0]
@@ -123,8 +127,9 @@ def test_predict_scores_a_video_exactly_as_evaluate_scores_its_cached_clips(tiny
     # A checkpoint whose score depends strongly, and differently, on each stream's input, so that swapping
     # the modalities moves it far more than float16 rounding can.
     sensitive = tmp_path / "run"
-    sensitive.mkdir()
-    shutil.copy(embed_dir / "preprocess.json", sensitive)
+    (sensitive / "best").mkdir(parents=True)
+    shutil.copy(embed_dir / "preprocess.json", sensitive / "best")
+    shutil.copy(run / "best" / "decision.json", sensitive / "best")
     config = replace(MegatronHead.from_pretrained(run / "best").config, streams=streams, pooling="mean",
                      dropout=0.0)
     torch.manual_seed(0)
@@ -276,17 +281,3 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
     assert "empty string" in capsys.readouterr().err
     assert main(["predict", str(inputs), "--run", str(tmp_path / "no-run")]) == 2
     assert main(["predict", str(inputs), "--run", str(run), "--checkpoint", "nope"]) == 2
-
-
-def test_a_run_from_before_self_contained_checkpoints_still_loads(tiny_run, tmp_path):
-    """Old runs kept preprocess.json beside best/ and the threshold in config.json, with no architecture."""
-    run = tmp_path / "old"
-    shutil.copytree(tiny_run[0], run)
-    for name in ("decision.json", "preprocess.json", "README.md"):
-        (run / "best" / name).unlink()
-    config = json.loads((run / "best" / "config.json").read_text())
-    del config["architecture"]
-    (run / "best" / "config.json").write_text(json.dumps({**config, "threshold": 0.4321}))
-    detector = Detector.from_pretrained(run, **FAST)
-    assert detector.threshold == 0.4321
-    assert detector.predict(video_of(tiny_run[1], "real")).ok

@@ -16,6 +16,7 @@ from megatron_utils.models.heads import MegatronHead, model_config
 from megatron_utils.training import train as train_module
 from megatron_utils.training.clips import Augmentation, augment, entry_layout, load_clips
 from megatron_utils.training.compare import ablation_table
+from megatron_utils.training.evaluate import evaluate_run
 from megatron_utils.training.train import TrainConfig, learning_rate, resume, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +68,10 @@ def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, syn
     assert decision["threshold"] == pytest.approx(best["threshold"])  # chosen on validation, stored once
     assert decision["epoch"] == best["epoch"] and decision["chosen_on"] == "val"
     assert 0 < decision["threshold"] < 1
-    assert json.loads((full_run / "last" / "config.json").read_text())["threshold"] == 0.5  # legacy field
+    assert "threshold" not in json.loads((full_run / "last" / "config.json").read_text())  # in decision.json
+    on_val = evaluate_run(full_run, split="val", out_dir=full_run.parent / "val-eval").overall()
+    assert on_val["fpr"] <= decision["target_fpr"] == 0.05  # the rule holds its target on validation
+    assert on_val["tpr"] == pytest.approx(best["val_tpr"])
     assert "val AUC" in (full_run / "train.log").read_text()
     MegatronHead.from_pretrained(full_run / "best")
 

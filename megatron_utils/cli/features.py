@@ -45,7 +45,7 @@ def _depth(args: argparse.Namespace) -> int:
 
     faces = StageCache.open(args.faces_cache, "faces")
     cache, report = compute_depth(faces, depth_config(args), force=args.force,
-                                  cache_root=faces.dir.parent.parent)
+                                  cache_root=faces.root)
     weights = {record.get("weights") for record in cache.records().values()} - {None}
     print(f"depth weights: {', '.join(sorted(weights)) or 'none used (nothing to do)'}")
     return _finish(cache, report)
@@ -57,7 +57,7 @@ def _embed(args: argparse.Namespace) -> int:
     faces = StageCache.open(args.faces_cache, "faces")
     depth = StageCache.open(args.depth_cache, "depth")
     cache, report = compute_embeddings(faces, depth, embed_config(args), force=args.force,
-                                       cache_root=faces.dir.parent.parent)
+                                       cache_root=faces.root)
     for stream in ("rgb", "depth"):
         print(f"{stream} backbone: {cache.config[stream]['backbone']} ({cache.config[stream]['weights']})")
     return _finish(cache, report)

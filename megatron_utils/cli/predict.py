@@ -50,7 +50,7 @@ def describe(prediction) -> str:
         return f"FAILED       {prediction.error}"
     face = prediction.deciding_face()
     box = ",".join(f"{v:.0f}" for v in prediction.face_box)
-    return (f"{prediction.verdict:<4} {prediction.fake_probability:.3f}  {prediction.path}  "
+    return (f"{prediction.verdict:<9} {prediction.fake_probability:.3f}  {prediction.path}  "
             f"face {face.track} of {len(prediction.faces)} at ({box})  "
             f"{face.frames_used} frames, {len(face.windows)} windows  "
             f"{prediction.timings['total']:.1f}s")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             plot_timeline(prediction, args.plot / f"{stem}.png")
     failed = sum(not p.ok for p in predictions)
     print(f"scored {len(predictions) - failed} of {len(predictions)} inputs ({failed} failed); "
-          f"decision threshold {detector.threshold:.4f}")
+          f"decision: {detector.decision.meaning()}")
     for name, source in detector.weights.items():
         print(f"{name.replace('_', ' ')}: {source}")
     for writer, out in ((write_jsonl, args.jsonl), (write_csv, args.csv)):

@@ -31,6 +31,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 OK = "ok"
+# The preprocessing recipe, written by the embed stage beside its cache and copied into every checkpoint.
+PREPROCESS_FILE = "preprocess.json"
 FAILED = "failed"
 HOST = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()) or "host"
 # .<entry name>.<host>.<pid>.<token>.tmp<suffix>, as atomic_path names them
@@ -110,7 +112,8 @@ class StageCache:
         self.stage = stage
         self.config = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
         self.key = stable_hash(self.config)
-        self.dir = Path(root if root is not None else cache_root()) / stage / self.key
+        self.root = Path(root if root is not None else cache_root())
+        self.dir = self.root / stage / self.key
         self.items_dir = self.dir / "items"
         self.manifest_dir = self.dir / "manifests"
         self.items_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +137,14 @@ class StageCache:
         if cache.dir.resolve() != path.resolve():
             raise ValueError(f"{path}: its config.json hashes to key {cache.key}, not to the folder's name")
         return cache
+
+    def upstream(self, stage: str, config_field: str | None = None) -> StageCache | None:
+        """The cache of an upstream `stage` this one was made from: its key is recorded in this cache's
+        config under `config_field` (default: the stage's name). None where the config names none."""
+        key = self.config.get(config_field or stage)
+        if key is None:
+            return None
+        return StageCache.open(self.root / stage / str(key), stage)
 
     @property
     def manifest_path(self) -> Path:
@@ -162,13 +173,12 @@ class StageCache:
         """The latest manifest record of every item."""
         if self._records is None:
             records = []
-            for path in [self.dir / "manifest.jsonl", *sorted(self.manifest_dir.glob("*.jsonl"))]:
-                if path.is_file():  # manifest.jsonl: the single manifest of caches written before
-                    for line in path.read_text().splitlines():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError:
-                            continue  # a torn last line from a killed run
+            for path in sorted(self.manifest_dir.glob("*.jsonl")):
+                for line in path.read_text().splitlines():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue  # a torn last line from a killed run
             records.sort(key=lambda record: record.get("time", 0.0))  # stable: a file's own order stays
             self._records = {record["item"]: record for record in records}
         return self._records

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 GITHUB_REPO = "megatron-deepfake/megatron"  # owner/name on GitHub; the notebooks' badges point here
 DEFAULT_BRANCH = "main"
-COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 DRIVE_MOUNTPOINT = Path("/content/drive")
 MY_DRIVE = "MyDrive"
 
@@ -29,11 +28,6 @@ def in_colab() -> bool:
 def colab_url(notebook: str, repo: str = GITHUB_REPO, branch: str = DEFAULT_BRANCH) -> str:
     """The Colab address that opens `notebooks/<notebook>` straight from GitHub."""
     return f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{notebook}"
-
-
-def colab_badge(notebook: str) -> str:
-    """Markdown for the "Open in Colab" badge of `notebooks/<notebook>`."""
-    return f"[![Open In Colab]({COLAB_BADGE_SVG})]({colab_url(notebook)})"
 
 
 def mount_drive(workspace: str | os.PathLike, mountpoint: str | os.PathLike = DRIVE_MOUNTPOINT) -> Path:

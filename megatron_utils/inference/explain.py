@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -35,13 +34,11 @@ from torch import nn
 from ..core.cache import atomic_path
 from ..models.heads import TemporalHead
 from ..preprocessing.batching import to_unit_tensor
+from ..preprocessing.embed import Embedder
 from ..preprocessing.faces import VideoFaces, crop_window
 from ..visualization.annotate import heat_overlay
 from ..visualization.plots import plot_frame_attribution
 from .results import Explanation, Prediction
-
-if TYPE_CHECKING:
-    from .predict import Detector
 
 HEATMAPS_FILE = "heatmaps.npz"
 ATTRIBUTION_PLOT = "attribution.png"
@@ -120,18 +117,17 @@ def _write_image(path: Path, image: np.ndarray) -> None:
             raise OSError(f"{path}: cannot write the image")
 
 
-def explain(detector: Detector, video: VideoFaces, prediction: Prediction, features: dict[str, np.ndarray],
-            out_dir: str | os.PathLike, config: ExplainConfig | None = None) -> Explanation:
-    """Explain a scored video's verdict (see the module docstring); `features` are the per-crop features of
-    all tracks in order, as `Detector.forward` computed them. Writes into `out_dir` and returns the record
-    that `Prediction.explanation` holds (file names relative to `out_dir`)."""
+def explain(head: TemporalHead, embedder: Embedder, video: VideoFaces, prediction: Prediction,
+            clips: dict[str, np.ndarray], margin: float, out_dir: str | os.PathLike,
+            config: ExplainConfig | None = None) -> Explanation:
+    """Explain a scored video's verdict (see the module docstring); `clips` are the deciding face's clips as
+    `Detector.track_clips` lays them out, `margin` the faces stage's crop margin. Writes into `out_dir` and
+    returns the record that `Prediction.explanation` holds (file names relative to `out_dir`)."""
     config = config or ExplainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     track = video.tracks[prediction.face]
-    clips = detector.track_clips(video, features, track_ids=[prediction.face])
-    device = detector.device
-    head = detector.model
+    device = next(head.parameters()).device
     sign = 1.0 if prediction.verdict == "fake" else -1.0
     valid = torch.from_numpy(clips["valid"]).to(device)
     inputs = {name: torch.from_numpy(clips[name]).to(device).float() for name in head.stream_names}
@@ -155,7 +151,6 @@ def explain(detector: Detector, video: VideoFaces, prediction: Prediction, featu
     row_of = {int(f): row for row, f in enumerate(track.frame_index)}
     holder = {int(frame): (int(clip), int(position)) for (clip, position), frame
               in zip(positions[::-1], frames[::-1], strict=True)}  # reversed: the first clip wins
-    embedder = detector.embedder
     # Grad-CAM hooks its layer: on a private copy, so concurrent predictions on the shared model never
     # trigger them (the service scores jobs in threads sharing one model).
     network = copy.deepcopy(embedder.rgb.model)
@@ -187,7 +182,6 @@ def explain(detector: Detector, video: VideoFaces, prediction: Prediction, featu
         images[str(frame)] = name = f"frame-{frame:06d}.png"
         _write_image(out_dir / name, picture)
     box_of = {int(f): box for f, box in zip(track.frame_index, track.boxes, strict=True)}
-    margin = detector.preprocessing.faces.margin
     windows = np.array([crop_window((video.height, video.width), box_of[f], margin) for f in frame_index],
                        np.int32)
     with atomic_path(out_dir / HEATMAPS_FILE) as tmp, open(tmp, "wb") as handle:

@@ -41,18 +41,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.cache import atomic_path
-from ..models.checkpoint import decision_threshold, load_recipe, resolve_checkpoint
+from ..core.cache import PREPROCESS_FILE, atomic_path
+from ..core.precision import autocast, resolve_device, training_dtype
+from ..models.checkpoint import load_decision, load_recipe, resolve_checkpoint
 from ..models.heads import TemporalHead, load_head
 from ..preprocessing.audio import AudioEmbedder
-from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
 from ..preprocessing.faces import FaceDetector, VideoFaces, track_faces
 from ..preprocessing.frames import FramesConfig, Media, media_name, media_source, sample_video
-from ..preprocessing.preprocess import PREPROCESS_FILE, PreprocessConfig
+from ..preprocessing.preprocess import PreprocessConfig
 from ..preprocessing.video import Encoded, MediaError
-from ..training.evaluate import autocast
 from ..visualization.annotate import annotate_image, annotate_video, load_heatmaps, plot_timeline
 from .explain import ExplainConfig
 from .explain import explain as explain_verdict
@@ -119,7 +118,8 @@ class Detector:
         self.frames = replace(preprocessing.frames, clips_per_video=self.config.clips_per_video)
         self.checkpoint = checkpoint
         self.device = device
-        self.threshold = decision_threshold(checkpoint, float(model.config.threshold))
+        self.decision = load_decision(checkpoint)
+        self.threshold = self.decision.threshold
         self.explain_config = ExplainConfig()
         self.face_detector = FaceDetector(preprocessing.faces)
         self.depth = DepthEstimator(preprocessing.depth)
@@ -150,7 +150,7 @@ class Detector:
             raise ValueError(f"unknown option(s) {sorted(set(overrides) - known)}; known: {sorted(known)}")
         config = PredictConfig(**overrides)
         run_dir, checkpoint = resolve_checkpoint(run_dir_or_checkpoint)
-        stored = load_recipe(run_dir, checkpoint)
+        stored = load_recipe(checkpoint)
         recorded = stored.get("weights") or {}
         preprocessing = PreprocessConfig.from_dict(stored["config"])
         torch_device = resolve_device(device)
@@ -225,7 +225,8 @@ class Detector:
         step = None if still else max(1, round(float(np.diff(first).mean()))) if len(first) > 1 else 1
         return Prediction(
             video.path, OK, fake_probability=best.probability,
-            verdict="fake" if best.probability >= self.threshold else "real", threshold=self.threshold,
+            verdict=self.decision.verdict(best.probability), threshold=self.threshold,
+            uncertain_below=self.decision.uncertain_below, decision=self.decision.meaning(),
             face=best.track, face_box=best.boxes[0], faces=faces, frames_used=video.frames_decoded,
             sample_every=step, frame_count=video.frame_count, fps=video.fps,
             media="image" if still else "video", source=source, weights=self.weights,
@@ -252,7 +253,9 @@ class Detector:
             if explain is not None:
                 report("explain")
                 tic = time.perf_counter()
-                prediction.explanation = explain_verdict(self, video, prediction, features, explain,
+                clips = self.track_clips(video, features, track_ids=[prediction.face])
+                prediction.explanation = explain_verdict(self.model, self.embedder, video, prediction, clips,
+                                                         self.preprocessing.faces.margin, explain,
                                                          self.explain_config)
                 prediction.timings["explain"] = round(time.perf_counter() - tic, 4)
             prediction.timings["total"] = round(time.perf_counter() - started, 4)
@@ -330,7 +333,7 @@ class Detector:
     def classify(self, features: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
         """P(fake) of clips ({stream: [N, T, D]}, valid [N, T]), in eval mode: no dropout, no augmentation."""
         device = self.device
-        with autocast(device):
+        with autocast(device, training_dtype(device, amp=True)):
             logits = self.model(**{name: torch.from_numpy(value).to(device).float()
                                    for name, value in features.items()},
                                 valid=torch.from_numpy(valid).to(device))

@@ -52,8 +52,10 @@ class Prediction:
     status: str  # "ok" or "failed"
     error: str | None = None  # why it failed, naming the file
     fake_probability: float | None = None  # the highest face probability
-    verdict: str | None = None  # "fake" when fake_probability >= threshold, else "real"
+    verdict: str | None = None  # "fake" at or above threshold, "uncertain" from uncertain_below, else "real"
     threshold: float | None = None
+    uncertain_below: float | None = None
+    decision: str | None = None  # what the threshold and the band mean, in words (checkpoint.Decision)
     face: int | None = None  # track id of the face that decided the score
     face_box: list[float] | None = None  # its box on its first scored frame
     faces: list[FaceScore] = field(default_factory=list)  # every scored face, by track id

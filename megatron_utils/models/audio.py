@@ -89,7 +89,7 @@ def resemblyzer(weights: str | os.PathLike | None = None) -> AudioEncoder:
     model = SpeakerLSTM()
     model.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))})
     return AudioEncoder("resemblyzer", model, MelConfig(), 256,
-                        f"GE2E speaker encoder, resemblyzer 0.1.4 weights ({file})",
+                        f"GE2E speaker encoder, resemblyzer 0.1.4 weights ({file.name})",
                         f"sha256:{sha256_file(file)}")
 
 

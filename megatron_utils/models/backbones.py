@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -27,10 +28,11 @@ import timm
 import torch
 import torchvision
 from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..core.assets import ASSETS, fetch
+from ..core.assets import ASSETS, describe, fetch
 from ..core.cache import sha256_file
 from ..core.registry import Registry
 
@@ -41,6 +43,7 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 RANDOM_INIT_PREFIX = "random-init:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 FINETUNED_MARKER = "finetune.json"  # written by `megatron finetune` beside its model.safetensors
+WEIGHTS_NAME = "model.safetensors"
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -63,7 +66,7 @@ class Backbone:
     model: nn.Module  # eval mode: normalised images [B, 3, H, W] -> pooled features [B, num_features]
     data_config: DataConfig
     num_features: int
-    weights: str  # where the weights came from, in words
+    weights: str  # where the weights came from, in words (no machine path: it goes into model cards)
     fingerprint: str  # exact identity of the weights: sha256 of the file, or "random-init"
 
 
@@ -178,8 +181,6 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
 
 def _finetuned_backbone(name: str, folder: Path) -> Backbone:
     """A backbone fine-tuned by `megatron finetune`: its architecture built bare, then its weights loaded."""
-    from ..training.finetune import load_finetuned_state
-
     info, state, _ = load_finetuned_state(folder)
     if name not in (AUTO, info["backbone"]):
         raise ValueError(f"{folder} holds a fine-tuned {info['backbone']}, not a {name}")
@@ -187,8 +188,17 @@ def _finetuned_backbone(name: str, folder: Path) -> Backbone:
     backbone.model.load_state_dict(state)
     file = folder / "model.safetensors"
     return replace(backbone, data_config=replace(backbone.data_config, input_size=info["input_size"]),
-                   weights=f"fine-tuned {folder} (from {info['base_weights']})",
+                   weights=f"fine-tuned by megatron finetune (from {info['base_weights']})",
                    fingerprint=f"sha256:{sha256_file(file)}")
+
+
+def load_finetuned_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(finetune.json, backbone state, head state) of a fine-tuned checkpoint folder."""
+    info = json.loads((folder / FINETUNED_MARKER).read_text())
+    state = load_file(str(folder / WEIGHTS_NAME))
+    split = {part: {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
+             for part in ("backbone", "head")}
+    return info, split["backbone"], split["head"]
 
 
 def _timm_backbone(name: str, timm_name: str, file: Path | None, weights: str, fingerprint: str,
@@ -209,10 +219,10 @@ def repvit_m0_9(pretrained: bool = True, weights: str | os.PathLike | None = Non
     timm_name = "repvit_m0_9.dist_450e_in1k"
     if weights is not None:
         file = weights_file(weights)
-        source = f"local file {file}"
+        source = f"local file {file.name}"
     elif pretrained:
         file = hub_download(f"timm/{timm_name}", "model.safetensors")
-        source = f"hub timm/{timm_name} ({file})"
+        source = f"hub timm/{timm_name}"
     else:
         return _timm_backbone("repvit_m0_9", timm_name, None, "random-init", "random-init")
     return _timm_backbone("repvit_m0_9", timm_name, file, source, f"sha256:{sha256_file(file)}")
@@ -224,7 +234,7 @@ def tiny_random(pretrained: bool = True, weights: str | os.PathLike | None = Non
     `pretrained` is ignored: there are no pretrained weights worth having."""
     if weights is not None:
         file = weights_file(weights)
-        return _timm_backbone("tiny_random", "test_byobnet", file, f"local file {file}",
+        return _timm_backbone("tiny_random", "test_byobnet", file, f"local file {file.name}",
                               f"sha256:{sha256_file(file)}", input_size=64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same random network every time, so cached results stay comparable
@@ -239,10 +249,10 @@ def mobilenetv2_offline(pretrained: bool = True, weights: str | os.PathLike | No
     model = torchvision.models.mobilenet_v2()
     if weights is not None:
         file = weights_file(weights)
-        source, fingerprint = f"local file {file}", f"sha256:{sha256_file(file)}"
+        source, fingerprint = f"local file {file.name}", f"sha256:{sha256_file(file)}"
     elif pretrained:
         file = Path(fetch("mobilenet_v2_imagenet"))  # sha256-verified by fetch
-        source = f"torchvision ImageNet weights {file}"
+        source = f"torchvision ImageNet weights, {describe('mobilenet_v2_imagenet')}"
         fingerprint = f"sha256:{ASSETS['mobilenet_v2_imagenet'].sha256}"
     else:
         file, source, fingerprint = None, "random-init", "random-init"
@@ -287,7 +297,7 @@ def locate_depth_model(model: str) -> tuple[Path, str]:
     or taken from the hub cache), and where it came from in words. Raises WeightsUnavailableError."""
     path = Path(model).expanduser()
     if path.is_dir():
-        return path, f"local folder {path}"
+        return path, f"local folder {path.name}"
     if path.exists() or model.startswith((".", "/", "~")):
         raise WeightsUnavailableError(f"{model}: not a folder saved with save_pretrained (config.json, "
                                       f"model.safetensors, preprocessor_config.json)")
@@ -297,7 +307,7 @@ def locate_depth_model(model: str) -> tuple[Path, str]:
         raise WeightsUnavailableError(
             f"{error} Or choose `{RANDOM_INIT_PREFIX}depth-anything-v2-small` explicitly for RANDOM "
             f"weights (meaningless depth maps; tests and speed measurements only).") from error
-    return folder, f"hub {model} ({folder})"
+    return folder, f"hub {model}"
 
 
 def load_depth_model(model: str) -> DepthModel:
@@ -319,7 +329,7 @@ def load_depth_model(model: str) -> DepthModel:
     size = processor.size
     data = DataConfig(tuple(processor.image_mean), tuple(processor.image_std),
                       int(size.get("height") or size.get("shortest_edge")))
-    logger.info("depth model: %s", source)
+    logger.info("depth model: %s (%s)", source, folder)
     return DepthModel(net.eval().requires_grad_(False), data, int(net.config.patch_size), source, fingerprint)
 
 

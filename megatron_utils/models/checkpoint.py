@@ -17,12 +17,12 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.cache import write_json_atomic
+from ..core.cache import PREPROCESS_FILE, write_json_atomic
 from ..core.templates import render
-from ..preprocessing.preprocess import PREPROCESS_FILE
 from .backbones import hub_download
 from .heads import CONFIG_NAME, WEIGHTS_NAME
 
@@ -55,10 +55,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
                             f"checkpoint folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
 
 
-def load_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+def load_recipe(checkpoint: Path) -> dict[str, Any]:
     """preprocess.json with the checkpoint's relative embedder paths made absolute."""
-    own = checkpoint / PREPROCESS_FILE  # runs older than self-contained checkpoints keep it in the run
-    path = own if own.is_file() else run_dir / PREPROCESS_FILE
+    path = checkpoint / PREPROCESS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run was trained on embeddings not made by "
                                 f"`megatron preprocess`, so how to preprocess new media is unknown")
@@ -71,14 +70,45 @@ def load_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
     return recipe
 
 
-def decision_threshold(checkpoint: Path, config_threshold: float) -> float:
-    """The threshold chosen on validation; older checkpoints kept it in config.json."""
+@dataclass(frozen=True)
+class Decision:
+    """How a P(fake) becomes a verdict, chosen on validation videos (never on test): `fake` at or above
+    `threshold`, which at most `target_fpr` of the real validation videos reached; `real` below
+    `uncertain_below`, which at most `target_fnr` of the fake validation videos fell under; `uncertain`
+    between the two, for a person to look at. The band is empty where validation separates the classes."""
+
+    threshold: float
+    uncertain_below: float
+    target_fpr: float = 0.05
+    target_fnr: float = 0.05
+
+    def verdict(self, probability: float) -> str:
+        if probability >= self.threshold:
+            return "fake"
+        return "uncertain" if probability >= self.uncertain_below else "real"
+
+    def meaning(self) -> str:
+        """The threshold and the band in words, as predict, the page and the model card state them."""
+        text = (f"fake at P(fake) >= {self.threshold:.4f}: at most {self.target_fpr:.0%} of real validation "
+                f"videos scored this high")
+        if self.uncertain_below < self.threshold:
+            text += (f"; uncertain from {self.uncertain_below:.4f}: at most {self.target_fnr:.0%} of fake "
+                     f"validation videos scored lower; real below")
+        return text
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def load_decision(checkpoint: Path) -> Decision:
+    """The decision rule chosen on validation when the checkpoint was selected."""
     path = checkpoint / DECISION_FILE
-    if path.is_file():
-        return float(json.loads(path.read_text())["threshold"])
-    log.info("%s has no %s (written by an older version): using config.json's threshold %.4f",
-             checkpoint, DECISION_FILE, config_threshold)
-    return config_threshold
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the checkpoint has no decision rule (train it with "
+                                f"`megatron train`)")
+    saved = json.loads(path.read_text())
+    return Decision(**{name: float(saved[name]) for name in ("threshold", "uncertain_below", "target_fpr",
+                                                              "target_fnr")})
 
 
 def complete_checkpoint(checkpoint: Path, run_dir: Path, selected: dict[str, Any]) -> None:
@@ -106,9 +136,9 @@ def write_model_card(checkpoint: Path, test_metrics: dict[str, Any] | None = Non
     config = json.loads((checkpoint / CONFIG_NAME).read_text())
     recipe_file = checkpoint / PREPROCESS_FILE
     recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
-    weights = recipe.get("weights", {})
-    rgb, depth = (weights.get(key) or {} for key in ("rgb", "depth_backbone"))
-    text = render("model_card.md", decision=decision, config=config, weights=weights, rgb=rgb, depth=depth,
+    weights = {key: value for key, value in recipe.get("weights", {}).items() if value}
+    text = render("model_card.md", decision=decision, config=config, weights=weights,
+                  sources=recipe.get("sources", {}), meaning=load_decision(checkpoint).meaning(),
                   test=test_metrics)
     path = checkpoint / CARD_FILE
     path.write_text(text)

@@ -54,7 +54,6 @@ class MegatronConfig:
     fusion: str = "cross_attention"  # "cross_attention" | "concat"
     streams: str = "both"  # "both" | "rgb" | "depth"
     num_classes: int = 1  # one logit: P(fake) = sigmoid(logit)
-    threshold: float = 0.5  # legacy: checkpoints now keep the decision threshold in decision.json
     bidirectional: bool = True  # lstm: read the clip both ways
     architecture: str = "megatron"  # named in config.json, so a loader knows which class to build
 
@@ -326,6 +325,3 @@ def load_head(directory: str | os.PathLike, map_location: str | torch.device = "
         raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {CONFIG_NAME} is missing")
     architecture = json.loads(path.read_text()).get("architecture", "megatron")
     return HEADS.entry(architecture).from_pretrained(directory, map_location)
-
-
-from . import baselines  # noqa: E402, F401 - registers the lstm and frame heads in HEADS

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..core.cache import StageCache, StageReport, file_fingerprint
+from ..core.precision import resolve_device
 from ..models.audio import AudioEncoder, MelConfig, create_audio_encoder
-from .batching import done_upstream, resolve_device, run_batched_stage
+from .batching import done_upstream, run_batched_stage
 from .video import Source, decode_audio
 
 NO_AUDIO = "none"

@@ -18,16 +18,9 @@ import numpy as np
 import torch
 
 from ..core.cache import FAILED, StageCache, StageReport, file_fingerprint
+from ..core.precision import autocast, resolve_device, resolve_dtype
 from ..models.backbones import AUTO, Backbone, create_backbone
-from .batching import (
-    autocast,
-    done_upstream,
-    prepare_pixels,
-    resolve_device,
-    resolve_dtype,
-    run_batched_stage,
-    to_unit_tensor,
-)
+from .batching import done_upstream, prepare_pixels, run_batched_stage, to_unit_tensor
 
 logger = logging.getLogger(__name__)
 

@@ -535,6 +535,3 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     progress.close()
     report.seconds = time.perf_counter() - start
     return cache, report
-
-
-from . import detectors  # noqa: E402, F401 - registers the neural detectors (mtcnn, blazeface)

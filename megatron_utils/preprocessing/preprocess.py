@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..core.cache import StageCache, StageReport, write_json_atomic
+from ..core.cache import OK, PREPROCESS_FILE, StageCache, StageReport, write_json_atomic
 from .audio import AudioConfig, AudioEmbedder, compute_audio
 from .depth import DepthConfig, DepthEstimator, compute_depth
 from .embed import EmbedConfig, Embedder, compute_embeddings
@@ -26,7 +26,17 @@ from .frames import FramesConfig
 
 logger = logging.getLogger(__name__)
 
-PREPROCESS_FILE = "preprocess.json"
+
+
+def model_sources(depth: StageCache, embed: StageCache, audio: StageCache | None) -> dict[str, str]:
+    """Where each feature model's weights came from, in words, as the stages recorded it."""
+    def recorded(cache: StageCache, field: str) -> str | None:
+        return next((r[field] for r in cache.records().values() if r.get("status") == OK and r.get(field)),
+                    None)
+
+    sources = {"depth": recorded(depth, "weights"), "rgb": recorded(embed, "rgb_weights"),
+               "depth_backbone": recorded(embed, "depth_weights")}
+    return sources | ({"audio": recorded(audio, "weights")} if audio else {})
 
 
 @dataclass
@@ -144,5 +154,6 @@ def preprocess(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
                     "rgb": embed.config.get("rgb"), "depth_backbone": embed.config.get("depth")}
                    | ({"audio": {key: audio.config.get(key) for key in ("encoder", "weights")}}
                       if audio else {}),
+        "sources": model_sources(depth, embed, audio),
     })
     return PreprocessResult(faces, depth, embed, [*reports, embed_report], audio)

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ..core.cache import StageCache, atomic_path
 from ..core.registry import Registry
-from ..models.checkpoint import decision_threshold
-from ..models.megatron import MegatronModel
+from ..inference.pixel_path import MegatronModel
+from ..models.checkpoint import load_decision
 from ..preprocessing.embed import to_clips
 from ..visualization.plots import plot_robustness
 from .evaluate import binary_metrics
@@ -172,9 +172,9 @@ def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: l
     for name in attacks:
         ATTACKS.entry(name)  # an unknown name fails before any work
     model = MegatronModel.from_run(run_dir, checkpoint, device).requires_grad_(False)
-    threshold = decision_threshold(run_dir / checkpoint, model.head.config.threshold)
+    threshold = load_decision(run_dir / checkpoint).threshold
     embed = StageCache.open(json.loads((run_dir / "config.json").read_text())["data"]["embed_cache"], "embed")
-    faces = StageCache.open(embed.dir.parent.parent / "faces" / str(embed.config["faces"]), "faces")
+    faces = embed.upstream("faces")
     table = pd.read_csv(run_dir / "index.csv")
     table = table[(table["split"] == split) & table["video_id"].isin(set(embed.done_items()))]
     if max_videos:  # half real, half fake, so the AUC stays defined on a quick subset

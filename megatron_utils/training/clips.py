@@ -25,8 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from ..core.cache import StageCache
-from ..preprocessing.preprocess import PREPROCESS_FILE
+from ..core.cache import PREPROCESS_FILE, StageCache
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +85,13 @@ class ClipSet:
 def source_paths(embed_cache: StageCache) -> dict[str, str]:
     """The video file each embedded item was made from, as the upstream faces stage recorded it
     (empty for embeddings made without a faces stage, such as synthetic ones)."""
-    faces_dir = embed_cache.dir.parent.parent / "faces" / str(embed_cache.config.get("faces"))
-    if not (faces_dir / "config.json").is_file():
+    try:
+        faces = embed_cache.upstream("faces")
+    except FileNotFoundError:
         return {}
-    return {item: record["path"] for item, record in StageCache.open(faces_dir, "faces").records().items()
-            if record.get("path")}
+    if faces is None:
+        return {}
+    return {item: record["path"] for item, record in faces.records().items() if record.get("path")}
 
 
 def load_clips(index: pd.DataFrame, cache_dir: str | os.PathLike, split: str | None = None,

@@ -9,7 +9,6 @@ validation balanced accuracy (equivalently Youden's J = TPR - FPR on the ROC cur
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,13 +29,12 @@ from sklearn.metrics import (
 )
 
 from ..core.cache import write_json_atomic
+from ..core.precision import autocast, resolve_device, training_dtype
 from ..core.templates import render
 from ..datasets import build_index, read_index, write_index
 from ..models.backbones import RANDOM_INIT_PREFIX
-from ..models.checkpoint import DECISION_FILE, decision_threshold, write_model_card
+from ..models.checkpoint import DECISION_FILE, Decision, load_decision, write_model_card
 from ..models.heads import TemporalHead, load_head
-from ..preprocessing.batching import autocast as mixed_precision
-from ..preprocessing.batching import resolve_device
 from ..preprocessing.depth import FACEMESH
 from ..preprocessing.preprocess import PreprocessConfig, preprocess
 from ..visualization.plots import plot_confusion, plot_roc, plot_training_curves
@@ -44,7 +42,9 @@ from .clips import ClipSet, iterate_batches, load_clips, preprocessing_config
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["auc", "auc_low", "auc_high", "ap", "eer", "accuracy", "balanced_accuracy", "f1"]
+METRIC_COLUMNS = ["auc", "auc_low", "auc_high", "ap", "eer", "accuracy", "balanced_accuracy", "f1", "fpr",
+                  "tpr", "tpr_at_5fpr", "uncertain"]
+REPORTED_FPR = 0.05  # every evaluation reports the TPR at this false-positive rate
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -64,11 +64,6 @@ def bootstrap_auc_interval(labels: np.ndarray, probs: np.ndarray, samples: int =
     return float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op on the CPU, where bf16 matmuls are slower than float32."""
-    return mixed_precision(device, torch.bfloat16 if enabled and device.type == "cuda" else torch.float32)
-
-
 @torch.no_grad()
 def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 512,
                        amp: bool = True) -> np.ndarray:
@@ -78,7 +73,7 @@ def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 51
     model.eval()
     probabilities = []
     for features, valid, _ in iterate_batches(clips, batch_size, device=device):
-        with autocast(device, amp):
+        with autocast(device, training_dtype(device, amp)):
             logits = model(**features, valid=valid)
         probabilities.append(torch.sigmoid(logits.float()[:, 0]).cpu())
     model.train(was_training)
@@ -99,22 +94,45 @@ def equal_error_rate(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((fpr[crossing] + fnr[crossing]) / 2)
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The threshold maximising balanced accuracy, (TPR + TNR) / 2, i.e. Youden's J on the ROC curve."""
+def choose_decision(labels: np.ndarray, probs: np.ndarray, target_fpr: float = 0.05,
+                    target_fnr: float = 0.05) -> Decision:
+    """The decision rule for these (validation) videos: the lowest threshold that at most `target_fpr` of
+    the reals reach, and the uncertain band's lower edge that at most `target_fnr` of the fakes fall under
+    (clipped to the threshold, so the band is empty where the classes separate)."""
     if len(np.unique(labels)) < 2:
-        raise ValueError("choosing a threshold needs both real and fake videos")
-    fpr, tpr, thresholds = roc_curve(labels, probs)
-    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))  # roc_curve's first threshold is inf
+        raise ValueError("choosing a decision rule needs both real and fake videos")
+    reals, fakes = np.sort(probs[labels == 0])[::-1], np.sort(probs[labels == 1])
+    allowed_reals = int(np.floor(target_fpr * len(reals) + 1e-9))  # reals that may score at or above
+    threshold = float(np.nextafter(reals[allowed_reals], np.inf)) if allowed_reals < len(reals) else 0.0
+    allowed_fakes = int(np.floor(target_fnr * len(fakes) + 1e-9))  # fakes that may score below
+    uncertain_below = float(fakes[allowed_fakes]) if allowed_fakes < len(fakes) else 1.0
+    return Decision(threshold=threshold, uncertain_below=min(uncertain_below, threshold),
+                    target_fpr=target_fpr, target_fnr=target_fnr)
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """Video-level metrics. Ranking metrics (AUC, AP, EER), balanced accuracy and F1 need both classes and
-    are NaN otherwise."""
+def tpr_at_fpr(labels: np.ndarray, probs: np.ndarray, fpr_limit: float = REPORTED_FPR) -> float:
+    """The share of fakes caught at the best threshold that flags at most `fpr_limit` of the reals."""
+    fpr, tpr, _ = roc_curve(labels, probs)
+    return float(tpr[fpr <= fpr_limit + 1e-12].max())
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float,
+                   uncertain_below: float | None = None) -> dict[str, float]:
+    """Video-level metrics at `threshold`: `fpr` is the share of reals called fake, `tpr` of fakes caught,
+    `uncertain` of all videos in the band [uncertain_below, threshold). Ranking metrics (AUC, AP, EER, TPR
+    at 5% FPR), balanced accuracy and F1 need both classes and are NaN otherwise."""
     predicted = (probs >= threshold).astype(np.int64)
     metrics = {"videos": len(labels), "real": int((labels == 0).sum()), "fake": int((labels == 1).sum()),
                **dict.fromkeys(METRIC_COLUMNS, float("nan"))}
     metrics["accuracy"] = float(accuracy_score(labels, predicted))
+    if metrics["real"]:
+        metrics["fpr"] = float(predicted[labels == 0].mean())
+    if metrics["fake"]:
+        metrics["tpr"] = float(predicted[labels == 1].mean())
+    if uncertain_below is not None and len(labels):
+        metrics["uncertain"] = float(((probs >= uncertain_below) & (probs < threshold)).mean())
     if metrics["real"] and metrics["fake"]:
+        metrics["tpr_at_5fpr"] = tpr_at_fpr(labels, probs)
         low, high = bootstrap_auc_interval(labels, probs)
         metrics.update(auc=float(roc_auc_score(labels, probs)), auc_low=low, auc_high=high,
                        ap=float(average_precision_score(labels, probs)), eer=equal_error_rate(labels, probs),
@@ -123,7 +141,7 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
     return metrics
 
 
-def metric_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def metric_table(scores: pd.DataFrame, decision: Decision) -> pd.DataFrame:
     """Rows: overall, each dataset, each manipulation method (its fakes against all reals)."""
     labels = (scores["label"] == "fake").to_numpy(np.int64)
     probs = scores["probability"].to_numpy()
@@ -133,7 +151,8 @@ def metric_table(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
     groups += [("method", method, ((scores["method"] == method).to_numpy() & (labels == 1)) | (labels == 0))
                for method in sorted(scores.loc[labels == 1, "method"].unique())]
     return pd.DataFrame([{"group": group, "name": name,
-                          **binary_metrics(labels[chosen], probs[chosen], threshold)}
+                          **binary_metrics(labels[chosen], probs[chosen], decision.threshold,
+                                           decision.uncertain_below)}
                          for group, name, chosen in groups])
 
 
@@ -186,15 +205,17 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
         raise ValueError(f"{embed_cache_dir} holds embeddings of sizes {dims}, but the model in "
                          f"{run_dir / checkpoint} expects {expected}")
     scores = score_videos(model, clips.to(torch_device), batch_size)
-    threshold = decision_threshold(run_dir / checkpoint, model.config.threshold)
-    metrics = metric_table(scores, threshold)
+    decision = load_decision(run_dir / checkpoint)
+    threshold = decision.threshold
+    metrics = metric_table(scores, decision)
     labels = (scores["label"] == "fake").to_numpy(np.int64)
 
     scores.to_csv(out_dir / "scores.csv", index=False)
     metrics.to_csv(out_dir / "metrics.csv", index=False)
     provenance = {
         "run": str(run_dir.resolve()), "checkpoint": str((run_dir / checkpoint).resolve()),
-        "model": model.config.to_dict(), "threshold": threshold, "split": split,
+        "model": model.config.to_dict(), "threshold": threshold, "decision": decision.to_dict(),
+        "decision_meaning": decision.meaning(), "split": split,
         "index": str(index_path.resolve()), "embed_cache": str(embed_cache_dir.resolve()),
         "preprocessing": preprocessing, "trained_on_preprocessing_key": trained_key,
         "trained_on": {name: run_config["data"][name] for name in ("index", "embed_cache", "train_videos",
@@ -211,7 +232,7 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     write_reports(out_dir, provenance, metrics, figures)
     overall = metrics.iloc[0]
     if index is None and split == "test" and (run_dir / checkpoint / DECISION_FILE).is_file():
-        test_metrics = {**overall.to_dict(), "split": split, "index": str(index_path)}
+        test_metrics = {**overall.to_dict(), "split": split}
         write_model_card(run_dir / checkpoint, test_metrics)
     log.info("%s split of %s: video AUC %.4f, balanced accuracy %.4f at threshold %.3f (%d videos) -> %s",
              split, index_path, overall["auc"], overall["balanced_accuracy"], threshold, len(scores), out_dir)
@@ -268,7 +289,8 @@ def write_reports(out_dir: Path, provenance: dict, metrics: pd.DataFrame, figure
         ("Trained on", f"{trained_on['index']} ({trained_on['train_videos']} train, "
                        f"{trained_on['val_videos']} validation videos), "
                        f"embeddings {trained_on['embed_cache']}"),
-        ("Decision threshold", f"{provenance['threshold']:.4f} (chosen on the validation split in training)"),
+        ("Decision", f"{provenance['decision_meaning']} (chosen on the validation split in training); `fpr` "
+                     f"and `tpr` below are at this threshold, `uncertain` the share of videos in the band"),
         ("Index", f"{provenance['index']} (split: {provenance['split']})"),
         ("Embed cache", f"{provenance['embed_cache']} (key {provenance['preprocessing']['key']})"),
         ("Feature models", feature_models(provenance["preprocessing"])),

@@ -15,7 +15,6 @@ fingerprint.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,24 +26,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.cache import StageCache, write_json_atomic
+from ..core.precision import autocast, grad_scaler, resolve_device, training_dtype
 from ..datasets import read_index
-from ..models.backbones import AUTO, FINETUNED_MARKER, Backbone, create_backbone
-from ..preprocessing.batching import prepare_pixels, resolve_device, to_unit_tensor
+from ..models.backbones import (
+    AUTO,
+    FINETUNED_MARKER,
+    WEIGHTS_NAME,
+    Backbone,
+    create_backbone,
+    load_finetuned_state,
+)
+from ..preprocessing.batching import prepare_pixels, to_unit_tensor
 from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
-from .evaluate import autocast
 from .sbi import AugmentConfig, SBIConfig, augment, self_blend
 from .train import learning_rate, load_training_state, log_to_file, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
 FAKES_MODES = ("none", "dataset")
 
 
@@ -66,7 +71,7 @@ class FinetuneConfig:
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # autocast on CUDA at the device's precision (core.precision)
     adversarial: str = "none"  # "fgsm-rs": train on FGSM-with-random-start images (attacks.fgsm_rs)
     adversarial_eps: float = 4 / 255
     sbi: SBIConfig = field(default_factory=SBIConfig)
@@ -110,9 +115,6 @@ def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str | None,
             skipped[video_id] = failures.get(video_id) or "not in the faces cache"
             continue
         tensors, _ = faces_cache.read(video_id)
-        if "landmarks" not in tensors:
-            raise ValueError(f"faces cache {faces_cache.dir} has no landmarks (made by an older version); "
-                             f"run the faces stage again")
         person = np.flatnonzero(tensors.get("track", np.zeros(len(tensors["crops"]), np.int32)) == 0)
         chosen = person[np.unique(np.linspace(0, len(person) - 1, crops_per_video).round().astype(int))]
         crops.append(tensors["crops"][chosen])
@@ -236,15 +238,6 @@ def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache,
     return scores.assign(probability=per_video.to_numpy(), crops=np.bincount(frames.video)[per_video.index])
 
 
-def load_finetuned_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(finetune.json, backbone state, head state) of a fine-tuned checkpoint folder."""
-    info = json.loads((folder / FINETUNED_MARKER).read_text())
-    state = load_file(str(folder / WEIGHTS_NAME))
-    split = {part: {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
-             for part in ("backbone", "head")}
-    return info, split["backbone"], split["head"]
-
-
 # Training ------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def frame_probabilities(model: FrameClassifier, images: np.ndarray, device: torch.device, amp: bool,
@@ -252,7 +245,7 @@ def frame_probabilities(model: FrameClassifier, images: np.ndarray, device: torc
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        with autocast(device, amp):
+        with autocast(device, training_dtype(device, amp)):
             out.append(torch.sigmoid(model(to_unit_tensor(images[start:start + batch_size], device)).float())
                        .cpu().numpy())
     return np.concatenate(out)
@@ -337,6 +330,8 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
     steps_per_epoch = math.ceil(reals / (config.batch_size // 2))
     total_steps = config.epochs * steps_per_epoch
     criterion = nn.BCEWithLogitsLoss(reduction="sum")
+    dtype = training_dtype(device, config.amp)
+    scaler = grad_scaler(device, dtype)
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         if config.max_minutes is not None and state["seconds"] >= 60 * config.max_minutes:
             log.info("time budget of %.1f minutes reached", config.max_minutes)
@@ -357,14 +352,16 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
             pixels, targets = to_unit_tensor(images, device), torch.from_numpy(labels).to(device)
             if config.adversarial == "fgsm-rs":
                 pixels = fgsm_rs(model, pixels, targets, config.adversarial_eps)
-            with autocast(device, config.amp):
+            with autocast(device, dtype):
                 logits = step_model(pixels)
             share_loss = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
-            (share_loss * world.world_size / batch_size).backward()
+            scaler.scale(share_loss * world.world_size / batch_size).backward()
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += torch.tensor([share_loss.item(), len(labels)], dtype=torch.float64)
             seen += batch_size
             state["step"] += 1

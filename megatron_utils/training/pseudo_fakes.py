@@ -49,14 +49,14 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
     config = config or SBIConfig()
     embed_dir = Path(embed_dir)
     embed = StageCache.open(embed_dir, "embed")
-    faces = StageCache.open(embed_dir.parent.parent / "faces" / str(embed.config["faces"]), "faces")
+    faces = embed.upstream("faces")
     prefix = f"sbi-{stable_hash({'sbi': asdict(config), 'seed': seed}, 8)}"
     reals = index[index["split"].isin(splits) & (index["label"] == "real")]
     todo = [v for v in reals["video_id"] if embed.status(f"{prefix}/{v}") is None and faces.status(v) == OK]
     if todo:
         preprocessing = PreprocessConfig.from_embed_cache(embed_dir)
         depth, embedder = DepthEstimator(preprocessing.depth), Embedder(preprocessing.embed)
-        depth_cache = StageCache.open(embed_dir.parent.parent / "depth" / str(embed.config["depth_maps"]))
+        depth_cache = embed.upstream("depth", "depth_maps")
         now = {**embedder.identity(), **{f"depth_{k}": v for k, v in depth.identity().items()}}
         then = {**{k: embed.config.get(k) for k in embedder.identity()},
                 **{f"depth_{k}": depth_cache.config.get(k) for k in depth.identity()}}
@@ -64,8 +64,7 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
             raise ValueError(f"the feature models at hand ({now}) are not those that made {embed_dir} "
                              f"({then})")
         # A twin sounds like its real video (only its pixels are blended): its audio stream is the real's.
-        audio = (StageCache.open(embed_dir.parent.parent / "audio" / str(embed.config["audio"]), "audio")
-                 if "audio" in embed.config else None)
+        audio = embed.upstream("audio")
         for video_id in tqdm(todo, desc="pseudo-fake twins", unit="video"):
             item = f"{prefix}/{video_id}"
             try:

@@ -31,18 +31,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.cache import write_json_atomic
+from ..core.cache import PREPROCESS_FILE, write_json_atomic
+from ..core.precision import autocast, grad_scaler, resolve_device, training_dtype
 from ..datasets import read_index
 from ..models.checkpoint import complete_checkpoint
 from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
-from ..preprocessing.batching import resolve_device
-from ..preprocessing.preprocess import PREPROCESS_FILE
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .distributed import ONE_PROCESS, Distributed, distributed
 from .evaluate import (
-    autocast,
     binary_metrics,
-    choose_threshold,
+    choose_decision,
     clip_probabilities,
     video_probabilities,
 )
@@ -68,13 +66,24 @@ class TrainConfig:
     min_crop_fraction: float = 0.75  # training augmentation, see clips.Augmentation
     frame_dropout: float = 0.1
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # autocast on CUDA at the device's precision (core.precision)
     compile: bool = False  # torch.compile the model (CUDA, long runs)
     eval_batch_size: int = 512
     preload_limit_gb: float = 8.0  # larger splits are memory-mapped from disk instead (clips.load_clips)
     # Fakes seen in training and selection: "dataset", "sbi" (self-blended twins of the train/val reals
     # instead: no dataset fake is seen) or "both"
     fakes: str = "dataset"
+    # The decision rule chosen on validation (models.checkpoint.Decision): the threshold flags at most
+    # target_fpr of the real videos; below the uncertain band, at most target_fnr of the fakes.
+    target_fpr: float = 0.05
+    target_fnr: float = 0.05
+
+
+def describe_data(videos: pd.DataFrame, split: str) -> str:
+    """A split named by its datasets and counts (never by a machine path), for model cards."""
+    counts = videos["label"].value_counts()
+    return (f"{', '.join(sorted(videos['dataset'].astype(str).unique()))} ({split} split: "
+            f"{counts.get('real', 0)} real and {counts.get('fake', 0)} fake videos)")
 
 
 def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_fraction: float) -> float:
@@ -95,10 +104,11 @@ def validate(model: TemporalHead, clips: ClipSet, config: TrainConfig, world: Di
     loss = nn.functional.binary_cross_entropy(torch.from_numpy(clip_probs).double().clamp(1e-7, 1 - 1e-7),
                                               clips.label.cpu().double())
     labels, probs = clips.video_labels, video_probabilities(clips, clip_probs)
-    threshold = choose_threshold(labels, probs)
-    metrics = binary_metrics(labels, probs, threshold)
+    decision = choose_decision(labels, probs, config.target_fpr, config.target_fnr)
+    metrics = binary_metrics(labels, probs, decision.threshold, decision.uncertain_below)
     return {"val_loss": float(loss), "val_auc": metrics["auc"],
-            "val_balanced_accuracy": metrics["balanced_accuracy"], "threshold": threshold}
+            "val_balanced_accuracy": metrics["balanced_accuracy"], "val_tpr": metrics["tpr"],
+            "val_uncertain": metrics["uncertain"], **decision.to_dict()}
 
 
 # Checkpoints -------------------------------------------------------------------------------------------
@@ -258,6 +268,8 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         raise ValueError(f"the train split needs real and fake clips, got {reals} real and {fakes} fake")
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(reals / fakes, device=device), reduction="sum")
     augmentation = Augmentation(train_cfg.min_crop_fraction, train_cfg.frame_dropout)
+    dtype = training_dtype(device, train_cfg.amp)
+    scaler = grad_scaler(device, dtype)
     steps_per_epoch = math.ceil(len(train_clips) / train_cfg.batch_size)
     total_steps = train_cfg.epochs * steps_per_epoch
     writer = tensorboard_writer(run_dir) if world.main else None
@@ -282,14 +294,16 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                                train_cfg.warmup_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, train_cfg.amp):
+            with autocast(device, dtype):
                 logits = step_model(**features, valid=valid)[:, 0]
             share_loss = criterion(logits.float(), label)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
-            (share_loss * world.world_size / batch_size).backward()
+            scaler.scale(share_loss * world.world_size / batch_size).backward()
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += share_loss.detach()
             state["step"] += 1
         state["epoch"] += 1
@@ -301,8 +315,11 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
         history.append(row)
         if row["val_auc"] > state["best_val_auc"]:
             state.update(best_val_auc=row["val_auc"], best_epoch=state["epoch"], bad_epochs=0)
-            selected = {"threshold": row["threshold"], "epoch": state["epoch"], "val_auc": row["val_auc"],
-                        "val_balanced_accuracy": row["val_balanced_accuracy"], "train_index": index_source,
+            selected = {**{name: row[name] for name in ("threshold", "uncertain_below", "target_fpr",
+                                                         "target_fnr", "val_auc", "val_balanced_accuracy",
+                                                         "val_tpr", "val_uncertain")},
+                        "epoch": state["epoch"], "train_data": describe_data(train_clips.videos, "train"),
+                        "val_data": describe_data(val_clips.videos, "val"),
                         "train_videos": len(train_clips.videos), "fakes": train_cfg.fakes}
             complete = functools.partial(complete_checkpoint, run_dir=run_dir, selected=selected)
             if world.main:

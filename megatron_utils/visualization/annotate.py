@@ -24,6 +24,8 @@ from ..preprocessing.video import iter_frames, read_image, write_mp4
 
 FAKE_COLOUR = (220, 40, 40)  # RGB
 REAL_COLOUR = (40, 190, 70)
+UNCERTAIN_COLOUR = (230, 150, 20)
+VERDICT_COLOURS = {"fake": FAKE_COLOUR, "uncertain": UNCERTAIN_COLOUR, "real": REAL_COLOUR}
 HEAT_ALPHA = 0.45  # weight of the heat colours over the image where the map is 1
 
 
@@ -135,7 +137,7 @@ def draw_faces(image: np.ndarray, prediction: Prediction, frame: int,
                     cv2.LINE_AA)
     header = (f"{prediction.verdict.upper()} {prediction.fake_probability:.3f} "
               f"(threshold {prediction.threshold:.3f})")
-    colour = FAKE_COLOUR if prediction.verdict == "fake" else REAL_COLOUR
+    colour = VERDICT_COLOURS[prediction.verdict]
     (text_w, text_h), base = cv2.getTextSize(header, font, 0.7 * scale, thickness)
     cv2.rectangle(out, (0, 0), (text_w + 12, text_h + base + 12), (0, 0, 0), -1)
     cv2.putText(out, header, (6, text_h + 6), font, 0.7 * scale, colour, thickness, cv2.LINE_AA)

@@ -119,10 +119,12 @@ async function follow(id) {
 async function showResult(job) {
   const result = job.result;
   $("progress-panel").hidden = true;
-  $("verdict").textContent = result.verdict === "fake" ? "Likely manipulated" : "No manipulation found";
+  const headlines = { fake: "Likely manipulated", uncertain: "Uncertain: have a person look",
+    real: "No manipulation found" };
+  $("verdict").textContent = headlines[result.verdict];
   $("verdict").className = `verdict ${result.verdict}`;
   $("probability").textContent =
-    `P(fake) ${result.fake_probability.toFixed(3)} (threshold ${result.threshold.toFixed(3)})`;
+    `P(fake) ${result.fake_probability.toFixed(3)}. Decision: ${result.decision}.`;
   const face = result.faces.find((f) => f.track === result.face);
   $("summary").textContent = `${job.filename}: ${result.faces.length} face(s) scored; face ${result.face} ` +
     `decides, over ${face.frames_used} frame(s) in ${face.windows.length} window(s).`;

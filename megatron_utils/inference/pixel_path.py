@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.heads import TemporalHead, load_head
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder
 from ..preprocessing.preprocess import PreprocessConfig
-from .heads import TemporalHead, load_head
 
 
 class MegatronModel(nn.Module):
