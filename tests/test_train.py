@@ -17,7 +17,8 @@ from megatron_utils.training import train as train_module
 from megatron_utils.training.clips import Augmentation, augment, entry_layout, load_clips
 from megatron_utils.training.compare import ablation_table
 from megatron_utils.training.evaluate import evaluate_run
-from megatron_utils.training.train import TrainConfig, learning_rate, resume, train
+from megatron_utils.training.loop import learning_rate
+from megatron_utils.training.train import TrainConfig, resume, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +64,7 @@ def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, syn
     assert list(history["epoch"]) == [1, 2, 3, 4, 5]
     state = json.loads((full_run / "last" / "training_state.json").read_text())
     best = history.loc[history["val_auc"].idxmax()]
-    assert state["best_epoch"] == best["epoch"] and state["best_val_auc"] == pytest.approx(best["val_auc"])
+    assert state["best_epoch"] == best["epoch"] and state["best_score"] == pytest.approx(best["val_auc"])
     decision = json.loads((full_run / "best" / "decision.json").read_text())
     assert decision["threshold"] == pytest.approx(best["threshold"])  # chosen on validation, stored once
     assert decision["epoch"] == best["epoch"] and decision["chosen_on"] == "val"
@@ -72,7 +73,7 @@ def test_run_folder_holds_config_checkpoints_history_and_threshold(full_run, syn
     on_val = evaluate_run(full_run, split="val", out_dir=full_run.parent / "val-eval").overall()
     assert on_val["fpr"] <= decision["target_fpr"] == 0.05  # the rule holds its target on validation
     assert on_val["tpr"] == pytest.approx(best["val_tpr"])
-    assert "val AUC" in (full_run / "train.log").read_text()
+    assert "'val_auc': " in (full_run / "train.log").read_text()
     MegatronHead.from_pretrained(full_run / "best")
 
 
@@ -110,7 +111,7 @@ def test_a_split_over_the_preload_limit_trains_from_disk_as_from_memory(syntheti
 
 def test_resume_after_a_kill_continues_exactly(synthetic, full_run, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_validate = train_module.validate
+    real_validate = train_module.HeadTask.validate
 
     def killed_in_epoch_three(*args, **kwargs):
         calls["n"] += 1
@@ -118,10 +119,10 @@ def test_resume_after_a_kill_continues_exactly(synthetic, full_run, tmp_path, mo
             raise KeyboardInterrupt("killed")
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "validate", killed_in_epoch_three)
+    monkeypatch.setattr(train_module.HeadTask, "validate", killed_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         train(*synthetic, FAST, model_config("megatron-tiny"), tmp_path / "killed")
-    monkeypatch.setattr(train_module, "validate", real_validate)
+    monkeypatch.setattr(train_module.HeadTask, "validate", real_validate)
     assert json.loads((tmp_path / "killed" / "last" / "training_state.json").read_text())["epoch"] == 2
     with pytest.raises(ValueError, match="already holds a run"):
         train(*synthetic, FAST, model_config("megatron-tiny"), tmp_path / "killed")
@@ -139,7 +140,7 @@ def test_early_stopping_when_validation_auc_stops_improving(synthetic, tmp_path)
     frozen = TrainConfig(epochs=10, batch_size=64, lr=0.0, min_lr=0.0, patience=2)  # the AUC never improves
     run = train(*synthetic, frozen, model_config("megatron-tiny"), tmp_path / "frozen")
     state = json.loads((run / "last" / "training_state.json").read_text())
-    assert state["stopped_early"] and state["epoch"] == 3 and state["best_epoch"] == 1
+    assert state["bad_epochs"] == frozen.patience and state["epoch"] == 3 and state["best_epoch"] == 1
     assert len(pd.read_csv(run / "history.csv")) == 3
 
 

@@ -65,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache); "
                         "with --ray, a folder every node sees")
     parser.add_argument("--ray", metavar="auto|ADDRESS", help="spread the videos over a Ray cluster (auto: "
-                        "the one this machine belongs to; needs `pip install megatron-deepfake[cluster]`)")
+                        "the one this machine belongs to; needs `pip install megatron-deepfake[ray]`)")
     parser.add_argument("--ray-actors", type=int, help="workers on the cluster, each loading the models "
                         "once (default: one per GPU, else one per CPU)")
     parser.set_defaults(handler=run)

@@ -4,44 +4,41 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from ..models.heads import DEFAULT_MODEL, list_models, model_config
+from ..models.heads import DEFAULT_MODEL, POOLINGS, MegatronConfig, list_models, model_config
 from ..training.attacks import AttackConfig, list_attacks
 from ..training.corruptions import list_corruptions
 from ..training.evaluate import evaluate_on_data, evaluate_run
 from ..training.pseudo_fakes import TRAINING_FAKES
 from ..training.train import TrainConfig, resume, train
+from .options import add_config_options, add_recipe_option, given, recipe_from
 
-TRAIN_OPTIONS = ("epochs", "lr", "batch_size", "seed", "patience", "weight_decay", "device", "fakes")
-# Model options that override the named configuration when given.
-MODEL_OPTIONS = {"d_model": int, "n_heads": int, "n_layers": int, "n_cross_layers": int, "ff_dim": int,
-                 "dropout": float, "streams": str, "fusion": str, "pooling": str, "positional": str}
+# Head settings that come from the embed cache or the architecture's name, not from flags.
+FIXED_MODEL_FIELDS = ("rgb_dim", "depth_dim", "audio_dim", "max_len", "num_classes", "architecture")
+MODEL_CHOICES = {"streams": ["both", "rgb", "depth"], "fusion": ["cross_attention", "concat"],
+                 "pooling": sorted({p for poolings in POOLINGS.values() for p in poolings}),
+                 "positional": ["learned", "sinusoidal"]}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train the detector on an embed cache")
     parser.add_argument("--index", type=Path, help="index table (.csv or .parquet) with train/val splits")
     parser.add_argument("--embeddings", type=Path, help="embed cache folder (cache/embed/<key>)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list_models(), help="named model size")
+    parser.add_argument("--model", choices=list_models(), help="named model size (default: the recipe's, "
+                        f"else {DEFAULT_MODEL})")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<streams>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last/ "
                         "checkpoint (with its own data and config; --epochs may extend it)")
-    defaults = TrainConfig()
-    for name in TRAIN_OPTIONS[:-1]:  # fakes has its own choices
-        kind = type(getattr(defaults, name))
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
-                            help=f"default {getattr(defaults, name)}")
-    parser.add_argument("--fakes", choices=TRAINING_FAKES, help="fakes to train and select on: the dataset's "
-                        "(default), sbi (self-blended twins of the train/val reals instead), or both")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    for name, kind in MODEL_OPTIONS.items():
-        choices = {"streams": ["both", "rgb", "depth"], "fusion": ["cross_attention", "concat"],
-                   "pooling": ["cls", "mean", "last", "max"],
-                   "positional": ["learned", "sinusoidal"]}.get(name)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices)
-    parser.set_defaults(handler=run_train)
+    add_recipe_option(parser)
+    training = parser.add_argument_group("training (TrainConfig; fakes: the dataset's, sbi twins, or both)")
+    model = parser.add_argument_group("head (MegatronConfig; overrides the named size)")
+    parser.set_defaults(handler=run_train,
+                        train_options=add_config_options(training, TrainConfig,
+                                                         choices={"fakes": TRAINING_FAKES}),
+                        model_options=add_config_options(model, MegatronConfig, skip=FIXED_MODEL_FIELDS,
+                                                         choices=MODEL_CHOICES))
 
     parser = commands.add_parser("evaluate", help="evaluate a trained run (also on another dataset)")
     parser.add_argument("run_dir", type=Path, help="run folder written by `megatron train`")
@@ -75,20 +72,20 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        given = [name for name in (*TRAIN_OPTIONS, *MODEL_OPTIONS, "index", "embeddings", "out")
-                 if name != "epochs" and getattr(args, name) is not None]
-        if given:
+        named = (*args.train_options, *args.model_options, "index", "embeddings", "out", "recipe", "model")
+        others = [name for name in named if name != "epochs" and getattr(args, name) is not None]
+        if others:
             raise ValueError(f"--resume continues the run with its own data and config; only --epochs may "
-                             f"change (got --{', --'.join(n.replace('_', '-') for n in given)})")
+                             f"change (got --{', --'.join(n.replace('_', '-') for n in others)})")
         run_dir = resume(args.resume, epochs=args.epochs)
     else:
         if args.index is None or args.embeddings is None:
             raise ValueError("--index and --embeddings are required (or --resume RUN_DIR)")
-        overrides = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
-        train_cfg = TrainConfig(**overrides, compile=args.compile, amp=not args.no_amp)
-        model_cfg = model_config(args.model, **{name: getattr(args, name) for name in MODEL_OPTIONS
-                                                if getattr(args, name) is not None})
-        out = args.out or Path("runs") / f"{args.model}-{model_cfg.streams}-{time.strftime('%Y%m%d-%H%M%S')}"
+        recipe = recipe_from(args)
+        train_cfg = replace(recipe.train, **given(args, args.train_options))
+        name = args.model or recipe.model
+        model_cfg = model_config(name, **given(args, args.model_options))
+        out = args.out or Path("runs") / f"{name}-{model_cfg.streams}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = train(args.index, args.embeddings, train_cfg, model_cfg, out)
     print(f"run: {run_dir} (best checkpoint: {run_dir / 'best'}, history: {run_dir / 'history.csv'})")
     return 0

@@ -230,6 +230,14 @@ class StageCache:
                 return {name: handle.get_tensor(name) for name in names if name in stored}, metadata
         return load_file(str(path)), metadata
 
+    def read_row(self, item_id: str, names: Sequence[str], row: int) -> dict[str, np.ndarray]:
+        """Row `row` of each named tensor of an entry, reading nothing else: one crop of a video without
+        its other crops, so training streams from the cache instead of preloading it."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.entry_path(item_id)), framework="numpy") as handle:
+            return {name: handle.get_slice(name)[row:row + 1][0] for name in names}
+
     def done_items(self) -> list[str]:
         return [item for item, record in self.records().items() if self.status(item) == OK]
 

@@ -22,38 +22,28 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import nn
 
 from ..core.cache import atomic_path
+from ..core.extras import extra_imports
 from ..models.heads import TemporalHead
 from ..preprocessing.batching import to_unit_tensor
 from ..preprocessing.embed import Embedder
 from ..preprocessing.faces import VideoFaces, crop_window
 from ..visualization.annotate import heat_overlay
 from ..visualization.plots import plot_frame_attribution
-from .results import Explanation, Prediction
+from .results import ExplainConfig, Explanation, Prediction
+
+with extra_imports("explain"):
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
 HEATMAPS_FILE = "heatmaps.npz"
 ATTRIBUTION_PLOT = "attribution.png"
-
-
-@dataclass
-class ExplainConfig:
-    deciding_frames: int = 4  # heat-map images written for the frames that pushed hardest
-    ig_steps: int = 32  # Integrated Gradients' path steps
-    batch_size: int = 16  # crops per Grad-CAM batch
-
-    def __post_init__(self) -> None:
-        for name in ("deciding_frames", "ig_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def spatial_layer(model: nn.Module, input_size: int, device: torch.device | str = "cpu"

@@ -53,9 +53,7 @@ from ..preprocessing.frames import FramesConfig, Media, media_name, media_source
 from ..preprocessing.preprocess import PreprocessConfig
 from ..preprocessing.video import Encoded, MediaError
 from ..visualization.annotate import annotate_image, annotate_video, load_heatmaps, plot_timeline
-from .explain import ExplainConfig
-from .explain import explain as explain_verdict
-from .results import FAILED, OK, FaceScore, Prediction, WindowScore
+from .results import FAILED, OK, ExplainConfig, FaceScore, Prediction, WindowScore
 
 __all__ = ["Detector", "ExplainConfig", "FaceScore", "PredictConfig", "Prediction", "WindowScore",
            "annotate_image", "annotate_video", "load_heatmaps", "plot_timeline", "write_csv", "write_jsonl"]
@@ -253,6 +251,8 @@ class Detector:
             if explain is not None:
                 report("explain")
                 tic = time.perf_counter()
+                from .explain import explain as explain_verdict  # the explain extra: only when asked
+
                 clips = self.track_clips(video, features, track_ids=[prediction.face])
                 prediction.explanation = explain_verdict(self.model, self.embedder, video, prediction, clips,
                                                          self.preprocessing.faces.margin, explain,

@@ -29,6 +29,18 @@ class FaceScore:
 
 
 @dataclass
+class ExplainConfig:
+    deciding_frames: int = 4  # heat-map images written for the frames that pushed hardest
+    ig_steps: int = 32  # Integrated Gradients' path steps
+    batch_size: int = 16  # crops per Grad-CAM batch
+
+    def __post_init__(self) -> None:
+        for name in ("deciding_frames", "ig_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class Explanation:
     """Why the verdict (see `explain.py`): values are towards the verdict, files relative to `folder`."""
 

@@ -17,11 +17,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import librosa
 import numpy as np
 import torch
 
 from ..core.cache import StageCache, StageReport, file_fingerprint
+from ..core.extras import extra_imports
 from ..core.precision import resolve_device
 from ..models.audio import AudioEncoder, MelConfig, create_audio_encoder
 from .batching import done_upstream, run_batched_stage
@@ -65,6 +65,8 @@ def mel_windows(samples: np.ndarray | None, times: np.ndarray, mel: MelConfig, s
     level = rms(samples)
     if 0 < level < 10 ** (mel.target_dbfs / 20):  # quiet speech is brought up to the training loudness
         samples = samples * (10 ** (mel.target_dbfs / 20) / level)
+    with extra_imports("audio"):
+        import librosa
     spectrogram = librosa.feature.melspectrogram(y=samples, sr=mel.sample_rate, n_fft=mel.n_fft,
                                                  hop_length=mel.hop_length, n_mels=mel.n_mels).T
     half = mel.window_frames // 2

@@ -21,13 +21,15 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..core.extras import extra_imports
 from .preprocess import LoadedModels, PreprocessConfig, PreprocessResult, item_pairs, preprocess
 
 log = logging.getLogger(__name__)
 
 
 def _worker_class(gpus: float):
-    import ray
+    with extra_imports("ray"):
+        import ray
 
     @ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=3)
     class PreprocessWorker:
@@ -53,8 +55,9 @@ def preprocess_on_ray(items: pd.DataFrame | Iterable[tuple[str, str | os.PathLik
                       gpus_per_actor: float | None = None) -> PreprocessResult:
     """Preprocess on the Ray cluster at `address` ("auto": the one this machine belongs to; None: a local
     one started here, or the one already initialised). `actors`: default one per GPU, else one per CPU."""
-    import ray
-    from ray.util import ActorPool
+    with extra_imports("ray"):
+        import ray
+        from ray.util import ActorPool
 
     config = config or PreprocessConfig()
     pairs = item_pairs(items)

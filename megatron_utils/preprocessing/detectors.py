@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..core.assets import fetch
+from ..core.extras import extra_imports
 from ..core.threads import per_thread
 from .faces import DetectFn, FaceConfig, register_detector
 
@@ -44,12 +45,8 @@ def no_faces() -> tuple[np.ndarray, np.ndarray]:
 @register_detector
 def mtcnn(config: FaceConfig) -> DetectFn:
     """MTCNN (facenet-pytorch, weights inside its wheel), on the CPU, every face above 0.9."""
-    try:
+    with extra_imports("mtcnn"):  # its weights ship in the wheel; its own pins are too old to follow
         from facenet_pytorch import MTCNN
-    except ImportError as error:
-        raise ImportError("the mtcnn face detector needs facenet-pytorch: `pip install --no-deps "
-                          "facenet-pytorch` (its weights ship in the wheel; its own pins are too old to "
-                          "install with its dependencies)") from error
 
     model = per_thread(lambda: MTCNN(keep_all=True, device="cpu", min_face_size=20))
     model()

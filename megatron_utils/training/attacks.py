@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.cache import StageCache, atomic_path
+from ..core.extras import extra_imports
 from ..core.registry import Registry
 from ..inference.pixel_path import MegatronModel
 from ..models.checkpoint import load_decision
@@ -50,11 +51,8 @@ ATTACKS: Registry[Callable[..., object]] = Registry("attack")
 
 
 def _torchattacks():
-    try:
+    with extra_imports("attacks"):
         import torchattacks
-    except ImportError as error:  # its pins (requests~=2.25) are too old to install with its dependencies
-        raise ImportError("adversarial evaluation needs torchattacks: pip install --no-deps "
-                          "torchattacks==3.5.1 (scripts/setup.sh does)") from error
     return torchattacks
 
 

@@ -24,7 +24,8 @@ from ..core.cache import atomic_path
 from ..core.templates import render
 from ..models.heads import MegatronConfig, load_head
 from .evaluate import evaluate_run
-from .train import STATE_JSON, TrainConfig, resume, train
+from .loop import STATE_JSON
+from .train import TrainConfig, resume, train
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def trained_run(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str | 
         config = json.loads((run_dir / "config.json").read_text())
         if config["train"] == asdict(train_cfg) and config["model"]["architecture"] == model_cfg.architecture:
             state = json.loads(state_file.read_text())
-            if state["epoch"] >= train_cfg.epochs or state.get("stopped_early"):
+            if state["epoch"] >= train_cfg.epochs or state["bad_epochs"] >= train_cfg.patience:
                 log.info("%s: finished earlier, evaluated again", run_dir)
                 return run_dir
             return resume(run_dir)
@@ -73,13 +74,13 @@ def compare_models(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str
         history = pd.read_csv(run_dir / "history.csv")
         row = {"model": name, "architecture": model_cfg.architecture,
                "parameters": load_head(run_dir / "best").num_parameters(),
-               "best_val_auc": state["best_val_auc"],  # the selection's
+               "best_val_auc": state["best_score"],  # the selection's: the head's score is its val AUC
                f"{split}_auc": overall["auc"], f"{split}_auc_low": overall["auc_low"],
                f"{split}_auc_high": overall["auc_high"],
                f"{split}_balanced_accuracy": overall["balanced_accuracy"],
                **{f"auc {method}": auc for method, auc in
                   metrics.loc[metrics["group"] == "method", ["name", "auc"]].itertuples(index=False)},
-               "train_s": round(float(history["seconds"].sum()), 2)}
+               "train_s": round(float(history["seconds"].iloc[-1]), 2)}
         if predict_media is not None:
             row["predict_s"] = round(predict_seconds(run_dir, predict_media), 3)
         rows.append({**row, "run": str(run_dir)})

@@ -5,7 +5,14 @@ backbone. The training signal is self-blended images (Shiohara and Yamasaki, CVP
 is paired with a pseudo-fake blended from a jittered copy of itself inside a landmark mask (`sbi.py`), so
 the network learns blending boundaries and statistical mismatches instead of one method's fingerprints.
 `fakes="dataset"` also shows it the dataset's own fake crops; `fakes="none"` (the default) never sees a
-fake video, which is how a model trained on FF++ originals generalises to manipulations it never saw.
+fake video, not even to select its checkpoint (which then reads real validation videos and their
+pseudo-fakes only): this is how a model trained on FF++ originals generalises to manipulations it never
+saw.
+
+Crops stream from the faces cache (one row of an entry at a time) through a `DataLoader` whose workers
+make the pseudo-fakes from the stored landmarks, as DeepfakeBench's `sbi_dataset.py` does, so memory does
+not grow with the dataset. Each crop's randomness is seeded by (seed, epoch, crop), so a run is the same
+with any number of workers and resumes exactly. The loop itself is `loop.fit`.
 
 One run is one folder: `best/` (the checkpoint with the best validation score, never chosen on test),
 `last/` (plus optimizer and RNG state, so a killed run resumes), `history.csv` and `finetune.json`.
@@ -18,21 +25,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from ..core.cache import StageCache, write_json_atomic
-from ..core.precision import autocast, grad_scaler, resolve_device, training_dtype
+from ..core.precision import autocast, resolve_device, training_dtype
 from ..datasets import read_index
 from ..models.backbones import (
     AUTO,
@@ -45,12 +54,13 @@ from ..models.backbones import (
 from ..preprocessing.batching import prepare_pixels, to_unit_tensor
 from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
+from .loop import Batch, fit, log_to_file
 from .sbi import AugmentConfig, SBIConfig, augment, self_blend
-from .train import learning_rate, load_training_state, log_to_file, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 FAKES_MODES = ("none", "dataset")
+REAL, DATASET_FAKE, PSEUDO_FAKE = 0, 1, 2  # where a validation image comes from
 
 
 @dataclass
@@ -71,6 +81,7 @@ class FinetuneConfig:
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     seed: int = 0
     device: str = "auto"
+    num_workers: int = 2  # DataLoader processes that read crops and make the pseudo-fakes
     amp: bool = True  # autocast on CUDA at the device's precision (core.precision)
     adversarial: str = "none"  # "fgsm-rs": train on FGSM-with-random-start images (attacks.fgsm_rs)
     adversarial_eps: float = 4 / 255
@@ -89,45 +100,58 @@ class FinetuneConfig:
 
 # Data ----------------------------------------------------------------------------------------------------
 @dataclass
-class FrameSet:
-    """Face crops of one split with their landmarks, one row per crop."""
+class FrameRefs:
+    """Which crops of a split train or validate, without their pixels: one row per crop."""
 
-    crops: np.ndarray  # uint8 [N, S, S, 3]
-    landmarks: np.ndarray  # float32 [N, 68, 2] in crop pixels
-    label: np.ndarray  # int64 [N]: 1 fake
-    video: np.ndarray  # int64 [N]: row of `videos`
     videos: pd.DataFrame  # the index rows these crops come from
+    row: np.ndarray  # int64 [N]: the crop's row in its faces-cache entry
+    video: np.ndarray  # int64 [N]: row of `videos`
+    label: np.ndarray  # int64 [N]: 1 fake
 
     def __len__(self) -> int:
         return len(self.label)
 
+    def item(self, crop: int) -> str:
+        return self.videos["video_id"].iloc[self.video[crop]]
 
-def load_frames(index: pd.DataFrame, faces_cache: StageCache, split: str | None, crops_per_video: int
-                ) -> FrameSet:
-    """The first (largest) person's crops of every video of `split` (all videos if None) that the faces
-    stage handled."""
-    rows = (index if split is None else index[index["split"] == split]).reset_index(drop=True)
+
+def frame_refs(index: pd.DataFrame, faces_cache: StageCache, split: str | None, crops_per_video: int,
+               fakes: bool = True) -> FrameRefs:
+    """Up to `crops_per_video` evenly spaced crops of the first (largest) person of every video of
+    `split` (all videos if None; fakes only with `fakes`) that the faces stage handled. Reads only the
+    entries' track ids."""
+    rows = index if split is None else index[index["split"] == split]
+    if not fakes:
+        rows = rows[rows["label"] == "real"]
+    rows = rows.reset_index(drop=True)
     done, failures = set(faces_cache.done_items()), faces_cache.failures()
-    crops, landmarks, labels, videos = [], [], [], []
+    crop_rows, labels, videos = [], [], []
     skipped: dict[str, str] = {}
-    for row, (video_id, label) in enumerate(zip(rows["video_id"], rows["label"], strict=True)):
+    for number, (video_id, label) in enumerate(zip(rows["video_id"], rows["label"], strict=True)):
         if video_id not in done:
             skipped[video_id] = failures.get(video_id) or "not in the faces cache"
             continue
-        tensors, _ = faces_cache.read(video_id)
-        person = np.flatnonzero(tensors.get("track", np.zeros(len(tensors["crops"]), np.int32)) == 0)
+        tensors, _ = faces_cache.read(video_id, ["track", "landmarks"])
+        if "landmarks" not in tensors:
+            raise ValueError(f"faces cache {faces_cache.dir} has no landmarks for {video_id}; run the faces "
+                             f"stage again")
+        person = np.flatnonzero(tensors["track"] == 0)
         chosen = person[np.unique(np.linspace(0, len(person) - 1, crops_per_video).round().astype(int))]
-        crops.append(tensors["crops"][chosen])
-        landmarks.append(tensors["landmarks"][chosen])
+        crop_rows.append(chosen)
         labels.append(np.full(len(chosen), int(label == "fake")))
-        videos.append(np.full(len(chosen), row))
+        videos.append(np.full(len(chosen), number))
     if skipped:
         log.warning("%d %s videos have no faces and are skipped: %s", len(skipped), split or "indexed",
                     ", ".join(f"{v} ({why})" for v, why in list(skipped.items())[:5]))
-    if not crops:
+    if not crop_rows:
         raise ValueError(f"no {split or 'indexed'} video of the index has face crops in {faces_cache.dir}")
-    return FrameSet(np.concatenate(crops), np.concatenate(landmarks).astype(np.float32),
-                    np.concatenate(labels), np.concatenate(videos), rows)
+    return FrameRefs(rows, np.concatenate(crop_rows), np.concatenate(videos), np.concatenate(labels))
+
+
+def read_crop(faces: StageCache, refs: FrameRefs, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """One crop uint8 [S, S, 3] and its landmarks float32 [68, 2], read alone from the cache."""
+    tensors = faces.read_row(refs.item(crop), ("crops", "landmarks"), int(refs.row[crop]))
+    return tensors["crops"], tensors["landmarks"].astype(np.float32)
 
 
 def pseudo_fake(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator, config: SBIConfig
@@ -139,40 +163,100 @@ def pseudo_fake(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         return None
 
 
-def training_batches(frames: FrameSet, config: FinetuneConfig, rng: np.random.Generator):
-    """One epoch of (images uint8 [B, S, S, 3], labels [B]): each real crop once, paired with its own
-    pseudo-fake (with `fakes="dataset"`, half of the pairs take a dataset fake crop instead), all
-    augmented alike so compression, blur and colour cannot tell the classes apart."""
-    reals = np.flatnonzero(frames.label == 0)
-    fakes = np.flatnonzero(frames.label == 1) if config.fakes == "dataset" else np.zeros(0, int)
-    order = rng.permutation(reals)
-    half = config.batch_size // 2
-    for start in range(0, len(order), half):
-        images, labels = [], []
-        for i in order[start:start + half]:
-            if len(fakes) and rng.random() < 0.5:
-                fake = frames.crops[rng.choice(fakes)]
-            else:
-                fake = pseudo_fake(frames.crops[i], frames.landmarks[i], rng, config.sbi)
-            images.append(augment(frames.crops[i], rng, config.augment))
-            labels.append(0)
-            if fake is not None:
-                images.append(augment(fake, rng, config.augment))
-                labels.append(1)
-        yield np.stack(images), np.array(labels, np.float32)
+class TrainingPairs(Dataset):
+    """Item (epoch, i): the i-th real crop and its own pseudo-fake (with `fakes="dataset"`, half of the
+    time a random dataset fake crop instead), both augmented alike, so compression, blur and colour cannot
+    tell the classes apart. Returns (images uint8 [1 or 2, S, S, 3], labels [1 or 2])."""
+
+    def __init__(self, faces: StageCache, refs: FrameRefs, config: FinetuneConfig):
+        self.faces, self.refs, self.config = faces, refs, config
+        self.reals = np.flatnonzero(refs.label == 0)
+        self.fakes = np.flatnonzero(refs.label == 1) if config.fakes == "dataset" else np.zeros(0, int)
+
+    def __len__(self) -> int:
+        return len(self.reals)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, i = key
+        rng = np.random.default_rng([self.config.seed, epoch, i])
+        crop, landmarks = read_crop(self.faces, self.refs, self.reals[i])
+        if len(self.fakes) and rng.random() < 0.5:
+            fake = read_crop(self.faces, self.refs, rng.choice(self.fakes))[0]
+        else:
+            fake = pseudo_fake(crop, landmarks, rng, self.config.sbi)
+        images = [augment(crop, rng, self.config.augment)]
+        if fake is not None:
+            images.append(augment(fake, rng, self.config.augment))
+        return np.stack(images), np.array([0, 1][: len(images)], np.float32)
 
 
-def validation_set(frames: FrameSet, config: FinetuneConfig, seed: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                   np.ndarray]:
-    """Fixed validation images: every crop as it is, plus one pseudo-fake per real crop (same seed every
-    epoch). Returns images, labels and `source` (0 real, 1 dataset fake, 2 pseudo-fake)."""
-    rng = np.random.default_rng(seed)
-    fakes = [(i, pseudo_fake(frames.crops[i], frames.landmarks[i], rng, config.sbi))
-             for i in np.flatnonzero(frames.label == 0)]
-    fakes = [(i, image) for i, image in fakes if image is not None]
-    images = np.concatenate([frames.crops, np.stack([image for _, image in fakes])])
-    source = np.concatenate([frames.label, np.full(len(fakes), 2)])
-    return images, (source > 0).astype(np.float32), source
+class ValidationImages(Dataset):
+    """Item i: the i-th crop as it is, and for a real crop also its pseudo-fake (seeded by i alone, so the
+    same every epoch). Returns (images uint8 [k, S, S, 3], source [k], video [k]); pseudo-fakes get
+    video -1."""
+
+    def __init__(self, faces: StageCache, refs: FrameRefs, config: FinetuneConfig):
+        self.faces, self.refs, self.config = faces, refs, config
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        crop, landmarks = read_crop(self.faces, self.refs, i)
+        if self.refs.label[i]:
+            return crop[None], np.array([DATASET_FAKE]), self.refs.video[i:i + 1]
+        fake = pseudo_fake(crop, landmarks, np.random.default_rng([self.config.seed + 1, i]), self.config.sbi)
+        if fake is None:
+            return crop[None], np.array([REAL]), self.refs.video[i:i + 1]
+        return np.stack([crop, fake]), np.array([REAL, PSEUDO_FAKE]), np.array([self.refs.video[i], -1])
+
+
+class FinetuneImages(Dataset):
+    """Training pairs under keys ("train", epoch, i) and validation images under ("val", i): one dataset,
+    so one DataLoader and one set of workers serves both."""
+
+    def __init__(self, pairs: TrainingPairs, validation: ValidationImages):
+        self.parts = {"train": pairs, "val": validation}
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts.values())
+
+    def __getitem__(self, key: tuple) -> tuple[np.ndarray, ...]:
+        part, *index = key
+        return self.parts[part][index[0] if len(index) == 1 else tuple(index)]
+
+
+def concatenate(items: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """A DataLoader batch of items that each hold one or two images."""
+    return tuple(np.concatenate(parts) for parts in zip(*items, strict=True))
+
+
+def single_threaded_worker(_: int) -> None:
+    """Workers share the machine with the training process: one thread each for OpenCV and torch."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class BatchPlan:
+    """A batch sampler whose batches the main process sets before each pass, so one DataLoader (and its
+    workers) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def loader(dataset: Dataset, plan: BatchPlan, workers: int) -> DataLoader:
+    """Workers are spawned, not forked: a fork copies locks that the parent's threads (face detection, BLAS,
+    OpenCV) may hold at that moment, and the child can wait on them forever. They start once and stay."""
+    return DataLoader(dataset, batch_sampler=plan, num_workers=workers, collate_fn=concatenate,
+                      worker_init_fn=single_threaded_worker if workers else None,
+                      multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0)
 
 
 # Model ---------------------------------------------------------------------------------------------------
@@ -187,7 +271,6 @@ class FrameClassifier(nn.Module):
         self.input_size = input_size or backbone.data_config.input_size
         self.backbone = backbone.model.requires_grad_(True)
         self.head = nn.Linear(backbone.num_features, 1)
-        self.selected: dict | None = None
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         data = self.data_config
@@ -197,16 +280,20 @@ class FrameClassifier(nn.Module):
         return self.head(self.features(pixels))[:, 0]
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """model.safetensors (backbone.* and head.*) and finetune.json, which the backbone loader reads;
-        `selected` (set by the trainer) records the validation row the checkpoint was chosen on."""
+        """model.safetensors (backbone.* and head.*) and finetune.json, which the backbone loader reads."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.write_marker(directory)
+        return directory
+
+    def write_marker(self, directory: Path, selected: dict[str, Any] | None = None) -> None:
+        """finetune.json: the architecture, input size and base weights, and (for a selected checkpoint)
+        the validation row it was chosen on."""
         write_json_atomic(directory / FINETUNED_MARKER, {"backbone": self.name, "input_size": self.input_size,
                                                         "base_weights": self.base_weights,
-                                                        "selected": self.selected})
-        return directory
+                                                        "selected": selected})
 
 
 def finetuned_checkpoint(run_dir: str | os.PathLike) -> Path:
@@ -227,18 +314,35 @@ def load_frame_classifier(folder: str | os.PathLike, device: str = "auto") -> Fr
 
 
 def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache, split: str | None,
-                 crops_per_video: int = 16, amp: bool = True) -> pd.DataFrame:
+                 crops_per_video: int = 16, amp: bool = True, workers: int = 0) -> pd.DataFrame:
     """The frame classifier as a video detector: the split's index rows with `probability`, the mean
     P(fake) of up to `crops_per_video` crops of the video's main face."""
-    frames = load_frames(index, faces, split, crops_per_video)
+    refs = frame_refs(index, faces, split, crops_per_video)
     device = next(model.parameters()).device
-    probs = frame_probabilities(model, frames.crops, device, amp)
-    per_video = pd.Series(probs).groupby(frames.video).mean()
-    scores = frames.videos.iloc[per_video.index].reset_index(drop=True)
-    return scores.assign(probability=per_video.to_numpy(), crops=np.bincount(frames.video)[per_video.index])
+    plan = BatchPlan()
+    plan.batches = chunks(len(refs), 64)
+    crops = loader(CropsAsTheyAre(faces, refs), plan, workers)
+    probs = np.concatenate([frame_probabilities(model, images, device, amp) for (images,) in crops])
+    per_video = pd.Series(probs).groupby(refs.video).mean()
+    scores = refs.videos.iloc[per_video.index].reset_index(drop=True)
+    return scores.assign(probability=per_video.to_numpy(), crops=np.bincount(refs.video)[per_video.index])
 
 
-# Training ------------------------------------------------------------------------------------------------
+class CropsAsTheyAre(Dataset):
+    def __init__(self, faces: StageCache, refs: FrameRefs):
+        self.faces, self.refs = faces, refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray]:
+        return (read_crop(self.faces, self.refs, i)[0][None],)
+
+
+def chunks(count: int, size: int) -> list[list[int]]:
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
+
+
 @torch.inference_mode()
 def frame_probabilities(model: FrameClassifier, images: np.ndarray, device: torch.device, amp: bool,
                         batch_size: int = 64) -> np.ndarray:
@@ -253,10 +357,10 @@ def frame_probabilities(model: FrameClassifier, images: np.ndarray, device: torc
 
 def validation_metrics(probs: np.ndarray, source: np.ndarray, video: np.ndarray) -> dict[str, float]:
     """Pseudo-fake AUC (reals vs their self-blends), and frame and video AUC of reals vs dataset fakes
-    where the split has fakes. `score` selects the checkpoint: the mean of the video AUC on the dataset's
-    fakes (transfer to real manipulations, but few videos: noisy) and the pseudo-fake AUC (the learned
-    cue on unseen identities, over every frame: steady); the pseudo-fake AUC alone without fakes."""
-    real, dataset_fake, pseudo = source == 0, source == 1, source == 2
+    where validation has them (only with `fakes="dataset"`). `score` selects the checkpoint: the
+    pseudo-fake AUC (the learned cue on unseen identities, over every frame: steady), averaged with the
+    video AUC on the dataset's fakes when training may see them (transfer to real manipulations)."""
+    real, dataset_fake, pseudo = source == REAL, source == DATASET_FAKE, source == PSEUDO_FAKE
     metrics = {"val_sbi_auc": float(roc_auc_score(np.r_[np.zeros(real.sum()), np.ones(pseudo.sum())],
                                                   np.r_[probs[real], probs[pseudo]]))}
     if dataset_fake.any():
@@ -267,6 +371,65 @@ def validation_metrics(probs: np.ndarray, source: np.ndarray, video: np.ndarray)
         metrics["val_video_auc"] = float(roc_auc_score(per_video["fake"], per_video["p"]))
     metrics["score"] = float(np.mean([metrics[k] for k in ("val_video_auc", "val_sbi_auc") if k in metrics]))
     return metrics
+
+
+class EmbedderTask:
+    """The RGB embedder as a frame classifier on real crops and their pseudo-fakes (`loop.Task`)."""
+
+    name = "finetune"
+
+    def __init__(self, model: FrameClassifier, faces: StageCache, train: FrameRefs, val: FrameRefs,
+                 config: FinetuneConfig, device: torch.device):
+        self.model, self.config, self.device = model, config, device
+        self.pairs = TrainingPairs(faces, train, config)
+        self.validation = ValidationImages(faces, val, config)
+        self.half = config.batch_size // 2  # real crops per global batch
+        self.plan = BatchPlan()
+        self.loader = loader(FinetuneImages(self.pairs, self.validation), self.plan, config.num_workers)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": self.model.backbone.parameters()},
+                {"params": self.model.head.parameters(), "lr_scale": 10.0}]  # the new head learns faster
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.pairs) / self.half)
+
+    def batches(self, epoch: int, generator: torch.Generator, world: Distributed) -> Iterator[Batch]:
+        """Every real crop once, in a fresh order, `half` per global batch; each rank loads its share."""
+        order = torch.randperm(len(self.pairs), generator=generator).tolist()
+        global_batches = [order[start:start + self.half] for start in range(0, len(order), self.half)]
+        # Every rank needs a share: a last batch smaller than the world is dropped (DDP steps in lockstep).
+        global_batches = [batch for batch in global_batches if len(batch) >= world.world_size]
+        self.plan.batches = [[("train", epoch, i) for i in batch[world.share(len(batch))]]
+                             for batch in global_batches]
+        for images, labels in self.loader:
+            pixels, targets = to_unit_tensor(images, self.device), torch.from_numpy(labels).to(self.device)
+            if self.config.adversarial == "fgsm-rs":
+                pixels = fgsm_rs(self.model, pixels, targets, self.config.adversarial_eps)
+            global_size = int(world.sum(torch.tensor(len(labels), device=self.device)))
+            yield {"pixels": pixels}, targets, global_size
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+
+    def validate(self, world: Distributed) -> dict[str, float]:
+        mine = range(len(self.validation))[world.share(len(self.validation))]
+        self.plan.batches = [[("val", mine[i]) for i in chunk] for chunk in chunks(len(mine), 32)]
+        probs, sources, videos = [np.zeros(0)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for images, source, video in self.loader:
+            probs.append(frame_probabilities(self.model, images, self.device, self.config.amp))
+            sources.append(source)
+            videos.append(video)
+        gathered = (world.gather(np.concatenate(parts)) for parts in (probs, sources, videos))
+        return validation_metrics(*gathered)
+
+    def complete(self, folder: Path, row: dict[str, Any]) -> None:
+        self.model.write_marker(folder, selected=row)
+
+    def load(self, folder: Path) -> None:
+        _, backbone_state, head_state = load_finetuned_state(folder)
+        self.model.backbone.load_state_dict(backbone_state)
+        self.model.head.load_state_dict(head_state)
 
 
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
@@ -289,107 +452,22 @@ def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.
 def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config: FinetuneConfig,
               out_dir: Path, resume: bool, device: torch.device, world: Distributed) -> Path:
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)  # kept for save_checkpoint's RNG state
     table = index if isinstance(index, pd.DataFrame) else read_index(index)
-    train_frames = load_frames(table, faces, "train", config.crops_per_video)
-    val_frames = load_frames(table, faces, "val", config.crops_per_video)
-    if not (train_frames.label == 0).any():
+    with_fakes = config.fakes == "dataset"  # with "none", no fake video is read, for training or selection
+    train = frame_refs(table, faces, "train", config.crops_per_video, fakes=with_fakes)
+    val = frame_refs(table, faces, "val", config.crops_per_video, fakes=with_fakes)
+    if not (train.label == 0).any():
         raise ValueError("the train split has no real video with face crops: self-blending needs reals")
-    val_images, val_labels, val_source = validation_set(val_frames, config, config.seed + 1)
-    val_video = np.r_[val_frames.video, np.full((val_source == 2).sum(), -1)]
-
     backbone = create_backbone(config.backbone, weights=config.weights)
     model = FrameClassifier(backbone, config.input_size)
     if world.enabled and device.type == "cuda":  # batch statistics over the global batch, as one GPU sees
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    log.info("fine-tuning on %s", world)
-    log.info("fine-tuning %s (%s) at %d px on %s: %d train crops (%d real), %d val images; fakes=%s",
-             model.name, model.base_weights, model.input_size, device, len(train_frames),
-             int((train_frames.label == 0).sum()), len(val_images), config.fakes)
-    optimizer = torch.optim.AdamW([
-        {"params": model.backbone.parameters(), "lr_scale": 1.0},
-        {"params": model.head.parameters(), "lr_scale": 10.0},
-    ], lr=config.lr, weight_decay=config.weight_decay)
-    state = {"epoch": 0, "step": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0}
-    history: list[dict] = []
-    if resume and (out_dir / "last" / FINETUNED_MARKER).exists():
-        _, backbone_state, head_state = load_finetuned_state(out_dir / "last")
-        model.backbone.load_state_dict(backbone_state)
-        model.head.load_state_dict(head_state)
-        state = load_training_state(out_dir / "last", optimizer, generator)
-        history = pd.read_csv(out_dir / "history.csv").to_dict("records")[: state["epoch"]]
-        log.info("resuming %s at epoch %d", out_dir, state["epoch"])
+    log.info("fine-tuning %s (%s) at %d px on %s: %d train crops (%d real), %d val crops; fakes=%s; "
+             "%d loader workers", model.name, model.base_weights, model.input_size, device, len(train),
+             int((train.label == 0).sum()), len(val), config.fakes, config.num_workers)
     if world.main:
         write_json_atomic(out_dir / "finetune.json", {
-            "config": asdict(config), "train_crops": len(train_frames), "val_images": len(val_images),
+            "config": asdict(config), "train_crops": len(train), "val_crops": len(val),
             "device": str(device), "processes": world.world_size})
-    step_model = world.wrap(model, device)
-
-    reals = int((train_frames.label == 0).sum())
-    steps_per_epoch = math.ceil(reals / (config.batch_size // 2))
-    total_steps = config.epochs * steps_per_epoch
-    criterion = nn.BCEWithLogitsLoss(reduction="sum")
-    dtype = training_dtype(device, config.amp)
-    scaler = grad_scaler(device, dtype)
-    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
-        if config.max_minutes is not None and state["seconds"] >= 60 * config.max_minutes:
-            log.info("time budget of %.1f minutes reached", config.max_minutes)
-            break
-        started = time.perf_counter()
-        rng = np.random.default_rng([config.seed, state["epoch"]])  # per epoch, so a resumed run is identical
-        model.train()
-        loss_sum, seen = torch.zeros(2, dtype=torch.float64), 0
-        progress = tqdm(training_batches(train_frames, config, rng), total=steps_per_epoch,
-                        desc=f"finetune epoch {state['epoch'] + 1}", leave=False, unit="step",
-                        disable=not world.main)
-        for images, labels in progress:
-            batch_size, share = len(labels), world.share(len(labels))
-            images, labels = images[share], labels[share]
-            lr = learning_rate(state["step"], total_steps, config.lr, config.min_lr, config.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            pixels, targets = to_unit_tensor(images, device), torch.from_numpy(labels).to(device)
-            if config.adversarial == "fgsm-rs":
-                pixels = fgsm_rs(model, pixels, targets, config.adversarial_eps)
-            with autocast(device, dtype):
-                logits = step_model(pixels)
-            share_loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks: scaled so the step is that of the global batch's mean loss.
-            scaler.scale(share_loss * world.world_size / batch_size).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += torch.tensor([share_loss.item(), len(labels)], dtype=torch.float64)
-            seen += batch_size
-            state["step"] += 1
-            progress.set_postfix(loss=f"{loss_sum[0] / loss_sum[1]:.3f}",
-                                 crops_per_s=f"{seen / (time.perf_counter() - started):.1f}")
-        train_seconds = time.perf_counter() - started
-        total_loss, crops = world.sum(loss_sum.to(device)).tolist()
-        share = world.share(len(val_images))
-        probs = world.gather(frame_probabilities(model, val_images[share], device, config.amp))
-        row = {"epoch": state["epoch"] + 1, "lr": lr, "train_loss": total_loss / crops,
-               "crops_per_second": seen / train_seconds,
-               **validation_metrics(probs, val_source, val_video)}
-        state["epoch"] += 1
-        state["seconds"] += time.perf_counter() - started
-        row["seconds"] = state["seconds"]
-        history.append(row)
-        if row["score"] > state["best_score"]:
-            state.update(best_score=row["score"], best_epoch=state["epoch"], bad_epochs=0)
-            model.selected = row
-            if world.main:
-                save_checkpoint(out_dir / "best", model)
-        else:
-            state["bad_epochs"] += 1
-        if world.main:
-            save_checkpoint(out_dir / "last", model, optimizer, state, generator)
-            pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
-        log.info("finetune epoch %d: loss %.4f, %.1f crops/s, val %s", state["epoch"], row["train_loss"],
-                 row["crops_per_second"], {k: round(v, 4) for k, v in row.items() if k.startswith("val_")})
-    log.info("best validation score %.4f at epoch %d -> %s", state["best_score"], state["best_epoch"],
-             out_dir / "best")
-    return out_dir / "best"
+    return fit(EmbedderTask(model, faces, train, val, config, device), config, out_dir, device, world, resume)

@@ -18,7 +18,6 @@ from ...preprocessing.video import decode_audio, iter_frames, probe, read_image
 from .landmarks import detect_faces
 from .motion import CameraMotion, animate_still
 from .presets import MiniPreset
-from .speech import speech
 
 STILL_FPS = 25.0
 AUDIO_RATE = 16000  # mono samples per second of the clips' audio tracks
@@ -199,6 +198,8 @@ def render_audio(spec: ClipSpec) -> np.ndarray:
     voice = own_voice(spec)
     if voice is not None:
         return voice
+    from .speech import speech  # the mini extra's synthetic voices: only for clips without their own
+
     return speech(spec.identity, spec.n_frames / spec.fps, AUDIO_RATE, spec.motion_seed)
 
 

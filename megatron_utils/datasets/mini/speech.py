@@ -18,10 +18,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 
 from ...core.cache import stable_hash
+from ...core.extras import extra_imports
+
+with extra_imports("mini"):
+    import espeakng_loader  # noqa: F401 - the child process loads it; fail here, with the hint
+    import librosa
 
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5")
 ACCENTS = ("en", "en-us", "en-gb-x-rp")
