@@ -32,7 +32,7 @@ SCAN_HEIGHT = 180
 @dataclass(frozen=True)
 class Source:
     identity: str  # the person; clips of one identity always share a split
-    group: bool = False  # a group photo: every detected face is its own identity
+    group: bool = False  # a group photo: every detected face is its own identity, all in one split
 
 
 # Asset -> person. Photos of one person share an identity so no split leaks them (obama, einstein), and the
@@ -171,6 +171,12 @@ def discover_clips(preset: MiniPreset, seed: int) -> tuple[list[ClipSpec], dict[
             identity = f"{source.identity}-p{index}" if source.group else source.identity
             add(identity, asset, kind="still", fps=STILL_FPS, center=center, side=side)
     return clips, skipped
+
+
+def split_groups(clips: list[ClipSpec]) -> dict[str, str]:
+    """Identity -> the key of the identities that must share its split: a group photo's source identity for
+    each of its faces (a face's crop shows its neighbours), so no split sees a face of another's photo."""
+    return {spec.identity: SOURCES[spec.asset].identity for spec in clips}
 
 
 @functools.lru_cache(maxsize=4)
