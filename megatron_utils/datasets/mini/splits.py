@@ -29,22 +29,28 @@ class FakeSpec:
 
 
 def assign_identities(clips_by_identity: dict[str, list[str]], fractions: tuple[float, float, float],
-                      rng: np.random.Generator) -> dict[str, str]:
-    """Identity -> split. Largest identities first (random order among equals), each to the split furthest
-    below its target share, so a person with many clips cannot swamp val or test."""
-    tiebreak = dict(zip(sorted(clips_by_identity), rng.permutation(len(clips_by_identity)), strict=True))
-    order = sorted(clips_by_identity, key=lambda i: (-len(clips_by_identity[i]), tiebreak[i]))
+                      rng: np.random.Generator, split_group: dict[str, str]) -> dict[str, str]:
+    """Identity -> split. `split_group` maps identities that must share a split (the faces of one group
+    photo, whose crops show their neighbours) to a common key; others stand alone. Largest groups first
+    (random order among equals), each to the split furthest below its target share, so a person with many
+    clips cannot swamp val or test."""
+    members: dict[str, list[str]] = {}
+    for identity in sorted(clips_by_identity):
+        members.setdefault(split_group.get(identity, identity), []).append(identity)
+    size = {group: sum(len(clips_by_identity[i]) for i in ids) for group, ids in members.items()}
+    tiebreak = dict(zip(sorted(members), rng.permutation(len(members)), strict=True))
+    order = sorted(members, key=lambda g: (-size[g], tiebreak[g]))
     counts = dict.fromkeys(SPLITS, 0)
     assignment = {}
-    for identity in order:
+    for group in order:
         split = min(SPLITS, key=lambda s: counts[s] / fractions[SPLITS.index(s)])
-        assignment[identity] = split
-        counts[split] += len(clips_by_identity[identity])
+        assignment.update(dict.fromkeys(members[group], split))
+        counts[split] += size[group]
     for split in SPLITS:
-        members = [i for i, s in assignment.items() if s == split]
-        if len(members) < 2:
-            raise ValueError(f"split {split!r} got {len(members)} identities; a split needs at least 2 "
-                             f"(have {len(clips_by_identity)} identities in all)")
+        identities = [i for i, s in assignment.items() if s == split]
+        if len(identities) < 2:
+            raise ValueError(f"split {split!r} got {len(identities)} identities; a split needs at least 2 "
+                             f"(have {len(clips_by_identity)} identities in {len(members)} split groups)")
     return assignment
 
 
@@ -64,17 +70,23 @@ def pair_clips(clip_identity: dict[str, str], rng: np.random.Generator) -> list[
     return pairs
 
 
-def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
-                fractions: tuple[float, float, float], manipulated: tuple[float, float, float],
-                methods: list[str], self_methods: set[str], seed: int,
-                ) -> tuple[dict[str, list[tuple[str, str]]], list[FakeSpec]]:
-    """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip and
-    `manipulated` the share of each split's pairs that get fakes."""
-    rng = np.random.default_rng(seed)
+def identity_clips(clip_identity: dict[str, str]) -> dict[str, list[str]]:
+    """Identity -> its clips, sorted."""
     by_identity: dict[str, list[str]] = {}
     for clip, identity in sorted(clip_identity.items()):
         by_identity.setdefault(identity, []).append(clip)
-    identity_split = assign_identities(by_identity, fractions, rng)
+    return by_identity
+
+
+def plan_splits(clip_identity: dict[str, str], clip_yaw: dict[str, float],
+                fractions: tuple[float, float, float], manipulated: tuple[float, float, float],
+                methods: list[str], self_methods: set[str], seed: int, split_group: dict[str, str],
+                ) -> tuple[dict[str, list[tuple[str, str]]], list[FakeSpec]]:
+    """The pairs of every split and the fakes to build; `clip_yaw` is a head-turn measure per clip,
+    `manipulated` the share of each split's pairs that get fakes and `split_group` keeps identities
+    together (see `assign_identities`)."""
+    rng = np.random.default_rng(seed)
+    identity_split = assign_identities(identity_clips(clip_identity), fractions, rng, split_group)
     pairs: dict[str, list[tuple[str, str]]] = {}
     fakes: list[FakeSpec] = []
     for split in SPLITS:
