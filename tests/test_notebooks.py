@@ -19,6 +19,7 @@ from megatron_utils.core.colab import GITHUB_REPO, colab_url, mount_drive
 from megatron_utils.inference.predict import FaceScore, Prediction, WindowScore
 from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.video import probe, read_image
 from megatron_utils.visualization import notebook as viz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,5 +224,7 @@ def test_notebooks_run_top_to_bottom(tmp_path: Path, kernel: str, tiny_mini):
     assert (workspace / "data" / "mini-tiny" / "index.csv").is_file()
     assert list((workspace / "cache" / "embed").glob("*/items/*.safetensors"))
     predicted = workspace / "runs" / "tiny" / "predict"
-    assert (predicted / "timeline.png").stat().st_size > 0
-    assert (predicted / "annotated.mp4").stat().st_size > 0
+    timeline = read_image(predicted / "timeline.png")
+    assert timeline.ndim == 3 and min(timeline.shape[:2]) > 100 and timeline.std() > 5  # a drawn picture
+    info = probe(predicted / "annotated.mp4")
+    assert info.frame_count > 1 and min(info.width, info.height) > 0  # a playable video

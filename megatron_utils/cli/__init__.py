@@ -10,7 +10,7 @@ import sys
 
 # One module per command group; each defines `register(subparsers)`.
 COMMAND_MODULES = ["data", "extract", "features", "finetune", "preprocess", "train", "compare", "predict",
-                   "serve", "demo"]
+                   "serve", "demo", "doctor"]
 
 
 def build_parser() -> argparse.ArgumentParser:
