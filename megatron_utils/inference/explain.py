@@ -1,16 +1,19 @@
 """Why a verdict was given: which frames drove it, and where in those faces the RGB embedder looked.
 
-Both are computed for the face that decided the verdict, on the clips `Detector.forward` scored, and are
-turned towards the verdict (the clip logit for "fake", its negative for "real"), so a positive value always
-means "pushed towards what was decided".
+Both are computed for the face that decided the verdict, on the clips `Detector.forward` scored.
 
 - Frames: Integrated Gradients (captum) of each clip's logit with respect to the temporal head's inputs,
-  every frame's embeddings of both streams, from an all-zero baseline, summed over the features. By
-  completeness a clip's frame attributions add up to its logit minus the baseline's.
+  every frame's embeddings of both streams, from an all-zero baseline, summed over the features, turned
+  towards the verdict (the logit for "fake" and "uncertain", its negative for "real"), so a positive value
+  means "pushed towards what was decided". By completeness a clip's frame attributions add up to its
+  logit minus the baseline's.
 - Where: Grad-CAM (captum's `LayerGradCam`) on the RGB embedder's last spatial feature map. The target is
-  the clip's logit with that frame's crop going through the embedder and every other frame held at its
-  features, so the map shows what in this face moved this verdict. Negative evidence is cut (ReLU), the map
-  is upsampled to the crop and scaled to a maximum of 1 per frame.
+  the clip's fake logit with that frame's crop going through the embedder and every other frame held at
+  its features, so the map shows where this face looks manipulated, whatever the verdict. (Turned towards a
+  "real" verdict it would map the evidence for "real", which is mostly the absence of fake evidence:
+  negative everywhere, so the ReLU left all-zero maps on real videos.) Negative evidence is cut (ReLU), the
+  map is upsampled to the crop and scaled to a maximum of 1 per frame; a zero peak says the face shows no
+  fake evidence at all.
 
 `explain` writes, into its folder: the crop and its heat map side by side for the deciding frames
 (`frame-<n>.png`), the per-frame attribution plot (`attribution.png`) and every frame's heat map with its
@@ -118,7 +121,7 @@ def explain(head: TemporalHead, embedder: Embedder, video: VideoFaces, predictio
     out_dir.mkdir(parents=True, exist_ok=True)
     track = video.tracks[prediction.face]
     device = next(head.parameters()).device
-    sign = 1.0 if prediction.verdict == "fake" else -1.0
+    sign = -1.0 if prediction.verdict == "real" else 1.0
     valid = torch.from_numpy(clips["valid"]).to(device)
     inputs = {name: torch.from_numpy(clips[name]).to(device).float() for name in head.stream_names}
 
@@ -154,7 +157,7 @@ def explain(head: TemporalHead, embedder: Embedder, video: VideoFaces, predictio
             frame_features = {name: x[where[:, 0]].clone() for name, x in inputs.items()}
             rows = torch.arange(len(where), device=device)
             frame_features["rgb"][rows, where[:, 1]] = embedder.embed_pixels("rgb", pixels, network)
-            return sign * head(**frame_features, valid=valid[where[:, 0]])[:, 0].float()
+            return head(**frame_features, valid=valid[where[:, 0]])[:, 0].float()  # the fake evidence
 
         pixels = to_unit_tensor(track.crops[[row_of[f] for f in chunk]], device)
         frame_maps, frame_peaks = grad_cam(clip_logit, layer, pixels)
