@@ -21,6 +21,7 @@ from tiny_run import video_of
 
 from megatron_utils.cli import main
 from megatron_utils.inference.predict import Detector
+from megatron_utils.models.backbones import folder_fingerprint
 from megatron_utils.preprocessing.video import Encoded, probe
 from megatron_utils.serve import ServeConfig
 from megatron_utils.serve.app import create_app
@@ -37,8 +38,8 @@ def detector(tiny_run):
     return Detector.from_pretrained(tiny_run[0], clips_per_video=2)
 
 
-def serve(detector, work_dir: Path, **options) -> TestClient:
-    config = ServeConfig(run="unused: the predictor is given", work_dir=work_dir, max_upload_bytes=MAX_UPLOAD,
+def serve(detector, store: Path, **options) -> TestClient:
+    config = ServeConfig(run="unused: the predictor is given", store=store, max_upload_bytes=MAX_UPLOAD,
                          **options)
     return TestClient(create_app(config, predictor=detector))
 
@@ -82,7 +83,7 @@ def test_a_video_upload_is_scored_as_predict_scores_the_file(client, detector, t
     assert result["verdict"] == expected.verdict and result["threshold"] == pytest.approx(detector.threshold)
     assert [w["probability"] for w in result["faces"][0]["windows"]] == pytest.approx(
         [w.probability for w in expected.faces[0].windows], abs=1e-6)
-    assert result["weights"] == detector.weights and result["timings"]["total"] > 0
+    assert result["weights"] == client.app.state.jobs.weights and result["timings"]["total"] > 0
 
     assert set(job["files"]) == {"annotated.mp4", "timeline.png"}
     video = client.get(job["files"]["annotated.mp4"])
@@ -150,7 +151,11 @@ def test_model_health_page_docs_and_unknown_jobs(client, detector):
     assert health["status"] == "ok" and health["api_key_required"] is False
     model = client.get("/v1/model").json()
     assert model["threshold"] == pytest.approx(detector.threshold)
-    assert model["weights"] == detector.weights
+    checkpoint = Path(detector.checkpoint)
+    assert model["weights"]["checkpoint"] == {"name": f"{checkpoint.resolve().parent.name}/best",
+                                              "fingerprint": folder_fingerprint(checkpoint)}
+    assert model["weights"]["rgb_backbone"] == {"name": detector.embedder.rgb.name,
+                                                "fingerprint": detector.embedder.rgb.fingerprint}
     assert model["preprocessing"]["frames"]["frames_per_clip"] == 8
     assert model["model_card"] and "threshold" in model["model_card"].lower()
     assert model["limits"]["max_upload_bytes"] == MAX_UPLOAD
@@ -165,6 +170,30 @@ def test_model_health_page_docs_and_unknown_jobs(client, detector):
         response = client.get(url)
         assert response.status_code == 404, url
         assert url.endswith("passwd") or "no job" in response.json()["detail"]
+
+
+def test_no_response_names_a_server_path(client, detector, tiny_run, asset):
+    """Every kind of answer a client can get, scanned for the checkpoint's and the store's paths (and the
+    run's folder, whose index.csv the model card names)."""
+    checkpoint = Path(detector.checkpoint)
+    secrets = {str(checkpoint.absolute()), str(checkpoint.resolve()), str(tiny_run[0].resolve().parent),
+               str(client.app.state.jobs.folder), str(client.app.state.jobs.folder.resolve())}
+    video = Path(video_of(tiny_run[1], "fake")).read_bytes()
+    done = finished(client, upload(client, "a.mp4", video).json()["id"])
+    failed = finished(client, upload(client, "b.mp4", Path(asset("no_face_video")).read_bytes()).json()["id"])
+    assert (done["status"], failed["status"]) == ("done", "failed")
+    answers = [client.get(url) for url in ("/", "/healthz", "/v1/model", "/openapi.json", "/docs",
+                                           "/static/app.js", f"/v1/predictions/{done['id']}",
+                                           f"/v1/predictions/{failed['id']}", done["files"]["annotated.mp4"],
+                                           f"/v1/predictions/{done['id']}/files/nope.png",
+                                           "/v1/predictions/0123456789abcdef0123456789abcdef")]
+    answers += [upload(client, "c.mp4", video[: len(video) // 2]), upload(client, "d.mp4", b"text " * 99)]
+    assert [a.status_code for a in answers[-4:]] == [404, 404, 422, 415]
+    for answer in answers:
+        text = answer.content.decode("latin-1") + str(answer.headers)
+        leaked = [secret for secret in secrets if secret in text]
+        assert not leaked, (answer.url, leaked)
+    assert "sha256:" in answers[2].json()["weights"]["checkpoint"]["fingerprint"]
 
 
 # Hostile uploads --------------------------------------------------------------------------------------
@@ -281,13 +310,14 @@ def test_hostile_uploads_get_a_4xx_with_the_reason_and_the_service_stays_healthy
         detail = response.json().get("detail", "")
         outcomes[name] = (response.status_code, detail)
         assert response.status_code == status and reason in detail, (name, response.status_code, detail)
-        assert str(client.app.state.jobs.work_dir) not in detail  # never the server's paths
+        assert str(client.app.state.jobs.folder) not in detail  # never the server's paths
     assert len(outcomes) >= 20
     print("\n| upload | status | reason |\n|---|---|---|")
     print("\n".join(f"| {name} | {status} | {detail} |" for name, (status, detail) in outcomes.items()))
     # No job and no folder was kept for a refused upload, and the service still scores.
     assert set(client.app.state.jobs.jobs) == jobs_before
-    assert {folder.name for folder in client.app.state.jobs.work_dir.iterdir()} == jobs_before
+    assert {folder.name for folder in client.app.state.jobs.folder.iterdir()
+            if not folder.name.startswith("jobs.sqlite")} == jobs_before
     good = upload(client, "after.mp4", Path(video_of(tiny_run[1], "fake")).read_bytes())
     assert good.status_code == 202
     assert finished(client, good.json()["id"])["status"] == "done"
@@ -299,7 +329,9 @@ class Gated:
 
     def __init__(self, detector: Detector):
         self.detector, self.gate = detector, threading.Event()
-        self.threshold, self.weights = detector.threshold, detector.weights
+
+    def __getattr__(self, name: str):  # the detector's threshold, weights and settings
+        return getattr(self.detector, name)
 
     def predict(self, media, name=None, progress=None, explain=None):
         self.gate.wait(60)
@@ -344,7 +376,7 @@ def test_results_expire_after_their_lifetime(detector, asset, tmp_path):
     with serve(detector, tmp_path, result_ttl_s=60) as client:
         job = finished(client, upload(client, "a.jpg", Path(asset("obama")).read_bytes()).json()["id"])
         folder = tmp_path / job["id"]
-        assert (folder / "annotated.png").is_file() and (folder / "result.json").is_file()
+        assert (folder / "annotated.png").is_file()
         assert not list(folder.glob("upload*"))  # the upload itself is deleted once scored
         assert client.app.state.jobs.expire(now=job["finished"] + 59) == []
         expired = client.app.state.jobs.expire(now=job["finished"] + 61)

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..models.checkpoint import CARD_FILE
 from .config import ServeConfig
-from .jobs import JobManager, Predictor, QueueFull
+from .jobs import JobManager, Predictor, QueueFull, redact
 from .uploads import UploadRejected, inspect_upload, receive_upload
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,23 @@ def as_json(config: Any) -> Any:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
-def model_description(predictor: Predictor, config: ServeConfig) -> dict[str, Any]:
-    """What /v1/model returns: enough to know which weights decide and how media is preprocessed."""
-    checkpoint = getattr(predictor, "checkpoint", None)
-    card = Path(checkpoint) / CARD_FILE if checkpoint else None
-    preprocessing = getattr(predictor, "preprocessing", None)
+def model_description(manager: JobManager) -> dict[str, Any]:
+    """What /v1/model returns: enough to know which weights decide and how media is preprocessed; weights by
+    name and fingerprint, and no server path anywhere (the card names the training index by its path)."""
+    predictor, config = manager.predictor, manager.config
+    card = Path(predictor.checkpoint) / CARD_FILE
     model = getattr(predictor, "model", None)
-    return {
+    description = {
         "threshold": predictor.threshold,
-        "weights": predictor.weights,
+        "weights": manager.weights,
         "model": as_json(model.config) if model is not None else None,
-        "preprocessing": as_json(preprocessing) if preprocessing is not None else None,
-        "model_card": card.read_text() if card and card.is_file() else None,
+        "preprocessing": as_json(predictor.preprocessing),
+        "model_card": card.read_text() if card.is_file() else None,
         "limits": {"max_upload_bytes": config.max_upload_bytes, "max_duration_s": config.max_duration_s,
                    "max_side": config.max_side, "min_side": config.min_side, "workers": config.workers,
                    "queue_size": config.queue_size, "result_ttl_s": config.result_ttl_s},
     }
+    return json.loads(redact(json.dumps(description)))
 
 
 def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastAPI:
@@ -87,21 +88,21 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own_dir = config.work_dir is None
-        work_dir = Path(tempfile.mkdtemp(prefix="megatron-serve-")) if own_dir else Path(config.work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        own_dir = config.store is None
+        store = Path(tempfile.mkdtemp(prefix="megatron-serve-")) if own_dir else Path(config.store)
+        store.mkdir(parents=True, exist_ok=True)
         loaded = predictor or await run_in_threadpool(load_predictor, config)
-        app.state.jobs = JobManager(loaded, config, work_dir)
-        app.state.model = model_description(loaded, config)
+        app.state.jobs = JobManager(loaded, config, store)
+        app.state.model = model_description(app.state.jobs)
         log.info("serving with %s; jobs in %s", "; ".join(f"{k}: {v}" for k, v in loaded.weights.items()),
-                 work_dir)
+                 store)
         try:
             yield
         finally:
             app.state.jobs.close()
             del app.state.jobs
             if own_dir:
-                shutil.rmtree(work_dir, ignore_errors=True)
+                shutil.rmtree(store, ignore_errors=True)
 
     app = FastAPI(title="Megatron deepfake detector", version="1", lifespan=lifespan,
                   description="Upload a video or image; get the verdict, per-face timelines and an annotated "

@@ -23,7 +23,9 @@ class ServeConfig:
     max_side: int = 4096  # pixels, width or height
     min_side: int = 32
     result_ttl_s: float = 3600.0  # a finished job's files are deleted this long after it finished
-    work_dir: str | os.PathLike | None = None  # uploads and results; default: a fresh temporary folder
+    # the job store: its database, uploads and results, resumed by a service restarted on it; default: a
+    # fresh temporary folder, deleted when the service stops
+    store: str | os.PathLike | None = None
     api_key: str | None = None  # required on /v1/* when set (header X-API-Key); default: $MEGATRON_API_KEY
     insecure: bool = False  # allow a non-loopback address without an API key
     annotate: bool = True  # write the annotated video or image of every job
@@ -50,8 +52,8 @@ class ServeConfig:
         if self.api_key or self.insecure or is_loopback(self.host):
             return
         raise ValueError(f"refusing to serve on {self.host} without an API key: anyone who can reach it "
-                         f"could use the model; give --api-key (or ${API_KEY_ENV}), bind 127.0.0.1, or pass "
-                         f"--insecure")
+                         f"could use the model; set ${API_KEY_ENV} or give --api-key-file, bind 127.0.0.1, "
+                         f"or pass --insecure")
 
 
 def is_loopback(host: str) -> bool:
