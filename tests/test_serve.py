@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 import time
+import uuid
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +27,7 @@ from megatron_utils.models.backbones import folder_fingerprint
 from megatron_utils.preprocessing.video import Encoded, probe
 from megatron_utils.serve import ServeConfig
 from megatron_utils.serve.app import create_app
+from megatron_utils.serve.store import JOB_ID, Job, JobStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_UPLOAD = 4 * 2**20
@@ -316,8 +319,8 @@ def test_hostile_uploads_get_a_4xx_with_the_reason_and_the_service_stays_healthy
     print("\n".join(f"| {name} | {status} | {detail} |" for name, (status, detail) in outcomes.items()))
     # No job and no folder was kept for a refused upload, and the service still scores.
     assert set(client.app.state.jobs.jobs) == jobs_before
-    assert {folder.name for folder in client.app.state.jobs.folder.iterdir()
-            if not folder.name.startswith("jobs.sqlite")} == jobs_before
+    assert {folder.name for folder in client.app.state.jobs.folder.iterdir() if JOB_ID.match(folder.name)
+            } == jobs_before
     good = upload(client, "after.mp4", Path(video_of(tiny_run[1], "fake")).read_bytes())
     assert good.status_code == 202
     assert finished(client, good.json()["id"])["status"] == "done"
@@ -382,6 +385,48 @@ def test_results_expire_after_their_lifetime(detector, asset, tmp_path):
         expired = client.app.state.jobs.expire(now=job["finished"] + 61)
         assert expired == [job["id"]] and not folder.exists()
         assert client.get(f"/v1/predictions/{job['id']}").status_code == 404
+
+
+def test_over_the_store_cap_old_results_go_early_then_uploads_wait(detector, asset, tmp_path):
+    gated, data = Gated(detector), Path(asset("obama")).read_bytes()
+    gated.gate.set()
+    with serve(gated, tmp_path, max_store_bytes=len(data)) as client:
+        first = finished(client, upload(client, "a.jpg", data).json()["id"])
+        assert (tmp_path / first["id"] / "annotated.png").stat().st_size >= len(data)  # over the cap
+        gated.gate.clear()
+        second = upload(client, "b.jpg", data)  # room made by deleting the finished job early
+        assert second.status_code == 202 and client.get(f"/v1/predictions/{first['id']}").status_code == 404
+        full = upload(client, "c.jpg", data)  # the second's upload alone fills the store, and it is not done
+        assert full.status_code == 503 and "job store is full" in full.json()["detail"]
+        assert int(full.headers["retry-after"]) >= 1
+        gated.gate.set()
+        assert finished(client, second.json()["id"])["status"] == "done"
+        assert upload(client, "d.jpg", data).status_code == 202
+
+
+def test_a_store_serves_one_service_and_a_job_that_keeps_crashing_it_fails(detector, asset, tmp_path):
+    store = JobStore(tmp_path)
+    with pytest.raises(ValueError, match="in use by another"):
+        JobStore(tmp_path)
+    ids = [uuid.uuid4().hex for _ in range(2)]
+    jobs = [Job(job_id, tmp_path / job_id, filename=f"{n}.jpg", created=n) for n, job_id in enumerate(ids)]
+    for attempts, job in zip((1, 3), jobs, strict=True):  # killed once, and killed three times, while running
+        job.folder.mkdir()
+        job.media_path = job.folder / "upload.jpg"
+        shutil.copy(asset("obama"), job.media_path)
+        (job.folder / "annotated.png").write_bytes(b"half-written")
+        store.add(job)
+        job.status, job.attempts = "running", attempts
+        store.start(job)
+    store.close()
+    (tmp_path / uuid.uuid4().hex).mkdir()  # an upload cut short by the crash: no job
+    with serve(detector, tmp_path) as client:
+        again, given_up = (finished(client, job.id) for job in jobs)
+        assert (again["status"], again["attempts"]) == ("done", 2)
+        assert (given_up["status"], given_up["attempts"]) == ("failed", 3)
+        assert given_up["error"] == "1.jpg: the service stopped while scoring it 3 times"
+        assert {path.name for path in tmp_path.iterdir() if path.is_dir()} == {job.id for job in jobs}
+        assert not (tmp_path / jobs[1].id / "upload.jpg").exists()
 
 
 def test_serving_beyond_loopback_needs_a_key_or_insecure(tiny_run, capsys):

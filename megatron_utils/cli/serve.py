@@ -10,8 +10,9 @@ from ..serve.config import API_KEY_ENV, ServeConfig
 EPILOG = f"""\
 The page is at http://HOST:PORT/ and the API's documentation at /docs. Without an API key (${API_KEY_ENV} or
 --api-key-file) the service binds only a loopback address unless --insecure is given. Uploads are checked by
-their content and refused with a 4xx and the reason when they break a limit. With --store, jobs outlive the
-process: restarted on the same store, the service finishes the jobs it had accepted."""
+their content and refused with a 4xx and the reason when they break a limit. Jobs are kept in a store
+(--store, default RUN_DIR/serve-store) and outlive the process: restarted on the same store, the service
+finishes the jobs it had accepted."""
 
 
 class RemovedApiKeyFlag(argparse.Action):
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.run, checkpoint=args.checkpoint, host=args.host, port=args.port, workers=args.workers,
         queue_size=args.queue, max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_duration_s=args.max_duration, max_side=args.max_side, result_ttl_s=args.ttl * 60,
+        max_store_bytes=int(args.max_store_mb * 2**20),
         store=args.store, api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
         insecure=args.insecure, annotate=not args.no_annotate,
         explain=args.explain, device=args.device)
@@ -73,8 +75,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ttl", type=float, default=defaults.result_ttl_s / 60, metavar="MINUTES",
                         help="results are deleted this long after their job finished")
     parser.add_argument("--store", type=Path, metavar="DIR", help="the job store: its database, uploads and "
-                        "results; a service restarted on it finishes the jobs it had accepted (default: a "
-                        "temporary folder, deleted when the service stops)")
+                        "results; a service restarted on it finishes the jobs it had accepted (default: "
+                        "RUN_DIR/serve-store)")
+    parser.add_argument("--max-store-mb", type=float, default=defaults.max_store_bytes / 2**20,
+                        help="disk cap of the store: beyond it the oldest results are deleted early, then "
+                        "uploads get 503 until jobs finish")
     parser.add_argument("--api-key-file", type=Path, metavar="FILE", help=f"require the key in this file in "
                         f"header X-API-Key (default: ${API_KEY_ENV}, if set)")
     parser.add_argument("--api-key", nargs="?", action=RemovedApiKeyFlag, help=argparse.SUPPRESS)

@@ -10,7 +10,8 @@
 
 With an API key set, every /v1/ route needs the header `X-API-Key`. Refusals are JSON `{"detail": reason}`:
 400 malformed, 401 key, 404 unknown or expired job, 413 over a size/duration/resolution limit, 415 not a
-video or image, 422 unreadable, 429 queue full and 503 not ready (both with Retry-After).
+video or image, 422 unreadable, 429 queue full, and 503 not ready or the job store full (both with
+Retry-After).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -35,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..models.checkpoint import CARD_FILE
 from .config import ServeConfig
-from .jobs import JobManager, Predictor, QueueFull, redact
+from .jobs import JobManager, Predictor, QueueFull, StoreFull, redact
 from .uploads import UploadRejected, inspect_upload, receive_upload
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,8 @@ def model_description(manager: JobManager) -> dict[str, Any]:
         "model_card": card.read_text() if card.is_file() else None,
         "limits": {"max_upload_bytes": config.max_upload_bytes, "max_duration_s": config.max_duration_s,
                    "max_side": config.max_side, "min_side": config.min_side, "workers": config.workers,
-                   "queue_size": config.queue_size, "result_ttl_s": config.result_ttl_s},
+                   "queue_size": config.queue_size, "result_ttl_s": config.result_ttl_s,
+                   "max_store_bytes": config.max_store_bytes},
     }
     return json.loads(redact(json.dumps(description)))
 
@@ -88,8 +88,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own_dir = config.store is None
-        store = Path(tempfile.mkdtemp(prefix="megatron-serve-")) if own_dir else Path(config.store)
+        store = config.store_folder
         store.mkdir(parents=True, exist_ok=True)
         loaded = predictor or await run_in_threadpool(load_predictor, config)
         app.state.jobs = JobManager(loaded, config, store)
@@ -101,8 +100,6 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
         finally:
             app.state.jobs.close()
             del app.state.jobs
-            if own_dir:
-                shutil.rmtree(store, ignore_errors=True)
 
     app = FastAPI(title="Megatron deepfake detector", version="1", lifespan=lifespan,
                   description="Upload a video or image; get the verdict, per-face timelines and an annotated "
@@ -148,6 +145,8 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             manager.check_capacity()  # before reading a byte of the upload
         except QueueFull as error:
             raise Refused(429, str(error), retry_after=error.retry_after) from error
+        except StoreFull as error:
+            raise Refused(503, str(error), retry_after=error.retry_after) from error
         job = manager.new_job()
         try:
             job.filename, _ = await receive_upload(dict(request.headers), request.stream(),

@@ -11,8 +11,10 @@ waiting jobs is refused with a Retry-After estimate, never silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import queue
 import re
 import shutil
@@ -78,6 +80,22 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class StoreFull(Exception):
+    def __init__(self, used: int, cap: int, retry_after: int):
+        super().__init__(f"the job store is full ({used:,} of {cap:,} bytes, all of it unfinished jobs); "
+                         f"retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a job's file deleted meanwhile
+                total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
 class JobManager:
     """The job table (kept in a `JobStore`), the bounded queue, the workers sharing one predictor, and the
     result sweeper. Built on a store that already holds jobs, it resumes them (see `recover`)."""
@@ -138,9 +156,26 @@ class JobManager:
         return Job(job_id, folder)
 
     def check_capacity(self) -> None:
+        """Room in the queue, and in the store: over `max_store_bytes`, finished jobs go early, oldest first.
+        The store may exceed the cap by the uploads in flight."""
         with self.lock:
             if self.waiting >= self.config.queue_size:
                 raise QueueFull(self.retry_after())
+            finished = sorted((job for job in self.jobs.values() if job.finished is not None),
+                              key=lambda job: job.finished)
+        # the jobs' folders (uploads and results); the database is small and bounded by its checkpoints
+        used = sum(folder_bytes(path) for path in self.folder.iterdir() if path.is_dir())
+        cap = self.config.max_store_bytes
+        evicted = []
+        while used >= cap and finished:
+            job = finished.pop(0)
+            used -= folder_bytes(job.folder)
+            evicted.append(job)
+        if evicted:
+            log.info("store over %s bytes: deleting %d finished job(s) before their time", cap, len(evicted))
+            self.remove(evicted)
+        if used >= cap:
+            raise StoreFull(used, cap, self.retry_after())
 
     def submit(self, job: Job) -> None:
         with self.lock:
@@ -234,12 +269,16 @@ class JobManager:
         with self.lock:
             old = [job for job in self.jobs.values()
                    if job.finished is not None and now - job.finished > self.config.result_ttl_s]
-            for job in old:
-                del self.jobs[job.id]
-        self.store.delete([job.id for job in old])  # first the rows: a folder without a row is swept anyway
-        for job in old:
-            self.discard(job)
+        self.remove(old)
         return [job.id for job in old]
+
+    def remove(self, jobs: list[Job]) -> None:
+        with self.lock:
+            for job in jobs:
+                self.jobs.pop(job.id, None)
+        self.store.delete([job.id for job in jobs])  # first the rows: a folder without a row is swept anyway
+        for job in jobs:
+            self.discard(job)
 
     def close(self) -> None:
         self.stopping.set()

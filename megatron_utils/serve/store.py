@@ -8,6 +8,7 @@ never a `done` job without its result, nor a result of a job still listed as run
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -33,6 +34,7 @@ STAGES = {  # step -> (what the page shows, share of the work done when it start
 }
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 DB_FILE = "jobs.sqlite"
+LOCK_FILE = "jobs.lock"
 FAULT_ENV = "MEGATRON_SERVE_FAULT"  # crash tests only: "kill:POINT" or "hang:POINT", see `fault`
 SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, filename TEXT NOT NULL, created REAL NOT NULL, status TEXT NOT NULL,
@@ -87,6 +89,14 @@ class JobStore:
     def __init__(self, folder: Path):
         self.folder = folder
         self.lock = threading.Lock()  # one connection, shared by the request and worker threads
+        # One service per store: a second would run the first one's jobs again. The OS drops the lock
+        # with the process, however it ends.
+        self.owner = open(folder / LOCK_FILE, "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self.owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self.owner.close()
+            raise ValueError(f"{folder}: the job store is in use by another megatron serve") from error
         try:
             self.db = sqlite3.connect(folder / DB_FILE, check_same_thread=False)
             # WAL: readers never wait on a writer; FULL: a commit survives power loss, not just a crash
@@ -95,6 +105,7 @@ class JobStore:
             with self.db:
                 self.db.execute(SCHEMA)
         except sqlite3.DatabaseError as error:
+            self.owner.close()
             raise ValueError(f"{folder / DB_FILE}: not a usable job store ({error})") from error
 
     def load(self) -> list[Job]:
@@ -147,3 +158,4 @@ class JobStore:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+            self.owner.close()
