@@ -24,7 +24,7 @@ from tiny_run import video_of
 from megatron_utils.cli import main
 from megatron_utils.inference.predict import Detector
 from megatron_utils.models.backbones import folder_fingerprint
-from megatron_utils.preprocessing.video import Encoded, probe
+from megatron_utils.preprocessing.video import Encoded, MediaError, probe
 from megatron_utils.serve import ServeConfig
 from megatron_utils.serve.app import create_app
 from megatron_utils.serve.store import JOB_ID, Job, JobStore
@@ -233,6 +233,37 @@ def declared_hours_video(path: Path) -> bytes:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8))))
         container.mux(stream.encode(None))
     return path.read_bytes()
+
+
+def disguised(magic: bytes, path: Path) -> bytes:
+    """An MPEG program stream (a real 64x64 video) behind another format's magic bytes: sniffed as that
+    format, while FFmpeg left to probe reads the MPEG video behind it."""
+    with av.open(str(path), "w", format="mpeg") as container:
+        stream = container.add_stream("mpeg1video", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for shade in range(10):
+            frame = np.full((64, 64, 3), 20 * shade, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame)))
+        container.mux(stream.encode(None))
+    data = magic + path.read_bytes()
+    path.write_bytes(data)
+    return data
+
+
+def test_an_upload_is_read_only_as_the_type_its_content_names(client, tmp_path):
+    for magic, demuxer, suffix in ((b"GIF89a" + bytes(10), "gif", ".gif"),
+                                   (b"\x1a\x45\xdf\xa3" + bytes(8), "matroska", ".mkv")):
+        path = tmp_path / f"disguised{suffix}"
+        data = disguised(magic, tmp_path / "disguised.bin")
+        with av.open(str(tmp_path / "disguised.bin")) as probed:  # what probing would have let through
+            assert probed.format.name == "mpeg" and probed.streams.video
+        response = upload(client, "clip.mpg", data)
+        assert response.status_code == 422, response.text
+        assert f"cannot be read as the {demuxer}" in response.json()["detail"]
+        path.write_bytes(data)  # the pipeline, too, reads a file only as what its name says
+        with pytest.raises(MediaError, match="not a readable video"):
+            probe(path)
 
 
 def image_bytes(size: tuple[int, int], format: str = "PNG") -> bytes:
