@@ -27,6 +27,7 @@ from megatron_utils.models.backbones import folder_fingerprint
 from megatron_utils.preprocessing.video import Encoded, MediaError, probe
 from megatron_utils.serve import ServeConfig
 from megatron_utils.serve.app import create_app
+from megatron_utils.serve.fuzz import fuzz, leftovers
 from megatron_utils.serve.store import JOB_ID, Job, JobStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -355,6 +356,26 @@ def test_hostile_uploads_get_a_4xx_with_the_reason_and_the_service_stays_healthy
     good = upload(client, "after.mp4", Path(video_of(tiny_run[1], "fake")).read_bytes())
     assert good.status_code == 202
     assert finished(client, good.json()["id"])["status"] == "done"
+
+
+def test_fuzzed_uploads_get_a_4xx_with_a_reason_or_a_finished_job_and_leave_nothing(detector, tiny_run, asset,
+                                                                                   tmp_path):
+    """The short run of bench/bench_serve_fuzz.py: 120 seeded mutants of real videos and photos."""
+    files = [Path(video_of(tiny_run[1], label)) for label in ("real", "fake")] + [
+        Path(asset("obama")), Path(asset("face_recognition_32bit"))]
+    with serve(detector, tmp_path, queue_size=200, annotate=False) as client:
+        secrets = (str(tmp_path), str(Path(detector.checkpoint).resolve()))
+        report = fuzz(client, files, uploads=120, seed=0, secrets=secrets, job_timeout=120)
+        print(json.dumps(report.outcomes), json.dumps(report.by_mutation), f"{report.seconds} s")
+        assert report.server_errors == [] and report.unexplained == [] and report.leaks == []
+        assert set(report.outcomes) <= {"202 done", "202 failed", "400", "413", "415", "422"}
+        assert sum(report.outcomes.values()) == 120
+        # both sides exercised: mutants scored, and mutants refused for several reasons
+        assert report.outcomes.get("202 done", 0) >= 5 and len(set(report.outcomes) - {"202 done"}) >= 3
+        assert leftovers(tmp_path, report.accepted) == []
+        assert client.get("/healthz").json()["status"] == "ok"
+        after = upload(client, "after.mp4", files[1].read_bytes()).json()["id"]
+        assert finished(client, after)["status"] == "done"
 
 
 # Limits, keys, lifetime -------------------------------------------------------------------------------
