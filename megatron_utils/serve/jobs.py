@@ -134,7 +134,7 @@ class JobManager:
                 job.status, job.step, job.started = QUEUED, QUEUED, None
                 self.store.requeue(job)
             if job.status == QUEUED:
-                for path in job.folder.iterdir():
+                for path in job.folder.iterdir() if job.folder.is_dir() else ():
                     if path != job.media_path:
                         shutil.rmtree(path) if path.is_dir() else path.unlink()
                 self.waiting += 1
