@@ -397,11 +397,13 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_no_job(detector, ti
     gated = Gated(detector)
     data = Path(video_of(tiny_run[1], "real")).read_bytes()
     with serve(gated, tmp_path, workers=1, queue_size=2) as client:
-        accepted = [upload(client, f"{n}.mp4", data) for n in range(3)]  # one runs, two wait
-        assert [r.status_code for r in accepted] == [202] * 3
-        deadline = time.monotonic() + 10
-        while client.get("/healthz").json()["jobs"]["running"] != 1 and time.monotonic() < deadline:
+        accepted = [upload(client, "0.mp4", data)]
+        deadline = time.monotonic() + 10  # the worker takes it (on a busy machine, not at once); two wait
+        while client.get("/healthz").json()["jobs"]["running"] != 1:
+            assert time.monotonic() < deadline, "the worker never took the first job"
             time.sleep(0.05)
+        accepted += [upload(client, f"{n}.mp4", data) for n in (1, 2)]
+        assert [r.status_code for r in accepted] == [202] * 3
         refused = upload(client, "3.mp4", data)
         assert refused.status_code == 429 and "queue is full" in refused.json()["detail"]
         assert int(refused.headers["retry-after"]) >= 1

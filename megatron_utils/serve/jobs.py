@@ -124,15 +124,14 @@ class JobManager:
         stopped under them) are queued again from scratch, or fail once interrupted `MAX_ATTEMPTS` times.
         Leftovers of the interruption go: half-written outputs, scored uploads, folders without a job."""
         for job in self.store.load():
-            self.jobs[job.id] = job
             if job.status == RUNNING and job.attempts >= MAX_ATTEMPTS:
-                job.status = job.step = FAILED
-                job.finished = time.time()
-                job.error = f"{job.filename}: the service stopped while scoring it {job.attempts} times"
+                error = f"{job.filename}: the service stopped while scoring it {job.attempts} times"
+                job = replace(job, status=FAILED, step=FAILED, finished=time.time(), error=error)
                 self.store.finish(job)
             elif job.status == RUNNING:
-                job.status, job.step, job.started = QUEUED, QUEUED, None
+                job = replace(job, status=QUEUED, step=QUEUED, started=None)
                 self.store.requeue(job)
+            self.jobs[job.id] = job
             if job.status == QUEUED:
                 for path in job.folder.iterdir() if job.folder.is_dir() else ():
                     if path != job.media_path:
@@ -202,28 +201,35 @@ class JobManager:
 
     # Work ----------------------------------------------------------------------------------------------
     def work(self) -> None:
+        """Score queued jobs. A job's new state is committed to the store before the job table shows it
+        (its `Job` is replaced whole), so nothing is reported that a crash could take back."""
         while True:
             job = self.queue.get()
             if job is None or self.stopping.is_set():  # stopping: queued jobs stay queued in the store
                 return
             with self.lock:
                 self.waiting -= 1
-            job.status, job.started, job.attempts = RUNNING, time.time(), job.attempts + 1
+            job = replace(job, status=RUNNING, started=time.time(), attempts=job.attempts + 1)
             self.store.start(job)
+            self.jobs[job.id] = job
             try:
-                self.run(job)
-            except Exception as error:  # noqa: BLE001 - a worker outlives any one job
+                result, error, files = self.run(job)
+            except Exception as failure:  # noqa: BLE001 - a worker outlives any one job
                 log.exception("job %s (%s) failed", job.id, job.filename)
-                job.error = redact(f"{job.filename}: internal error ({type(error).__name__}: {error})")
-            job.status = DONE if job.result is not None else FAILED
-            job.step, job.finished = job.status, time.time()
+                result, files = None, {}
+                error = redact(f"{job.filename}: internal error ({type(failure).__name__}: {failure})")
+            status = DONE if result is not None else FAILED
+            job = replace(job, status=status, step=status, finished=time.time(), result=result, error=error,
+                          files=files)
             self.store.finish(job)
+            self.jobs[job.id] = job
             self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (job.finished - job.started)
             if job.media_path is not None:
                 job.media_path.unlink(missing_ok=True)  # results are kept, uploads are not
             trim_heap()  # a job's frames and activations are freed; give their pages back
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job) -> tuple[dict[str, Any] | None, str | None, dict[str, Path]]:
+        """Score one job: (its result, or None and the reason it failed; its files by public name)."""
         def progress(step: str) -> None:
             job.step = step
             fault(step)
@@ -231,31 +237,31 @@ class JobManager:
         explain = job.folder / "explanation" if self.config.explain else None
         prediction = self.predictor.predict(job.media_path, progress=progress, explain=explain)
         if not prediction.ok:
-            job.error = redact((prediction.error or "failed").replace(str(job.media_path), job.filename))
-            return
+            return None, redact((prediction.error or "failed").replace(str(job.media_path), job.filename)), {}
         job.step = "annotate"
+        files = {}
         explanation = prediction.explanation
         heatmaps = None if explanation is None else explain / explanation.heatmaps
         if self.config.annotate:
             if prediction.media == "video":
-                job.files["annotated.mp4"] = annotate_video(prediction, job.folder / "annotated.mp4",
-                                                            heatmaps=heatmaps)
+                files["annotated.mp4"] = annotate_video(prediction, job.folder / "annotated.mp4",
+                                                        heatmaps=heatmaps)
             else:
-                job.files["annotated.png"] = annotate_image(prediction, job.folder / "annotated.png",
-                                                            heatmaps=heatmaps)
+                files["annotated.png"] = annotate_image(prediction, job.folder / "annotated.png",
+                                                        heatmaps=heatmaps)
         prediction.path = job.filename  # after annotation, which reads the upload by this path
         prediction.weights = self.weights  # names and fingerprints: no server path in the result
         if self.config.annotate and prediction.media == "video":
-            job.files["timeline.png"] = plot_timeline(prediction, job.folder / "timeline.png")
+            files["timeline.png"] = plot_timeline(prediction, job.folder / "timeline.png")
         if explanation is not None:  # served under fixed public names; no server path in the result
-            job.files["attribution.png"] = explain / explanation.plot
+            files["attribution.png"] = explain / explanation.plot
             images = {}
             for rank, frame in enumerate(explanation.deciding_frames, 1):
                 images[str(frame)] = f"heatmap-{rank}.png"
-                job.files[images[str(frame)]] = explain / explanation.images[str(frame)]
+                files[images[str(frame)]] = explain / explanation.images[str(frame)]
             prediction.explanation = replace(explanation, folder="", images=images, heatmaps="",
                                              plot="attribution.png")
-        job.result = prediction.to_dict()
+        return prediction.to_dict(), None, files
 
     # Lifetime ------------------------------------------------------------------------------------------
     def sweep(self) -> None:
