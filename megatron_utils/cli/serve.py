@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     config.check_exposure()
     # Upload threads come and go; capped arenas keep the heap from growing one arena per new thread.
     limit_malloc_arenas(2)
-    print(f"serving {config.checkpoint_path} on http://{config.host}:{config.port}/ (API docs: /docs)")
+    print(f"serving {config.checkpoint_path} on http://{config.host}:{config.port}/ (API docs: /docs), jobs "
+          f"in {config.store_folder}")
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
     return 0
 

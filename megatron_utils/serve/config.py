@@ -51,11 +51,16 @@ class ServeConfig:
 
     @property
     def store_folder(self) -> Path:
+        """`store`, or serve-store/ in the run's folder (beside a checkpoint folder given as the run, never
+        inside it: a checkpoint folder is what gets published)."""
+        from ..models.checkpoint import is_checkpoint
+
         if self.store is not None:
             return Path(self.store)
-        if not Path(self.run).is_dir():
+        run = Path(self.checkpoint_path)
+        if not run.is_dir():
             raise ValueError(f"{self.run} is not a local folder to keep the job store in; give --store DIR")
-        return Path(self.run) / STORE_NAME
+        return (run.parent if is_checkpoint(run) else run) / STORE_NAME
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond this machine without an API key, unless told `insecure`."""
