@@ -296,8 +296,12 @@ def hostile(tiny_run, asset, tmp_path_factory):
     def file_part(data: bytes, name: str = "upload.mp4") -> tuple[bytes, dict]:
         return multipart(("file", name, data)), form
 
+    codec = video.index(b"avc1", video.index(b"stsd"))  # the video track's codec, in its sample description
+
     cases = {
         "empty file": (*file_part(b""), 400, "empty"),
+        "unknown video codec": (*file_part(video[:codec] + b"zzzz" + video[codec + 4:]), 422,
+                                "codec is unknown"),
         "text file": (*file_part(b"just some text, not a video\n" * 40), 415, "not a video or image"),
         "random bytes": (*file_part(np.random.default_rng(0).bytes(50_000)), 415, "not a video or image"),
         "truncated MP4": (*file_part(video[: len(video) // 2]), 422, "truncated or corrupt"),
@@ -481,6 +485,15 @@ def test_a_store_serves_one_service_and_a_job_that_keeps_crashing_it_fails(detec
         assert given_up["error"] == "1.jpg: the service stopped while scoring it 3 times"
         assert {path.name for path in tmp_path.iterdir() if path.is_dir()} == {job.id for job in jobs}
         assert not (tmp_path / jobs[1].id / "upload.jpg").exists()
+
+
+def test_the_default_store_is_in_the_run_folder_never_in_a_checkpoint(tiny_run):
+    run = tiny_run[0]
+    for given in ({"run": run}, {"run": run / "best"}, {"run": run, "checkpoint": "best"}):
+        assert ServeConfig(**given).store_folder == run / "serve-store"
+    assert ServeConfig(run=run, store="elsewhere").store_folder == Path("elsewhere")
+    with pytest.raises(ValueError, match="give --store"):
+        _ = ServeConfig(run="owner/a-model-on-the-hub").store_folder
 
 
 def test_serving_beyond_loopback_needs_a_key_or_insecure(tiny_run, capsys):

@@ -123,6 +123,9 @@ def _open(path: Path | Encoded) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise MediaError(path, "contains no video stream")
+    if container.streams.video[0].codec_context is None:  # a codec FFmpeg has no decoder for
+        container.close()
+        raise MediaError(path, "its video codec is unknown (no decoder for it), or its header is corrupt")
     return container
 
 

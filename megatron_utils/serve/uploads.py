@@ -233,6 +233,9 @@ def inspect_video(path: Path, size: int, config: ServeConfig) -> UploadInfo:
         if not container.streams.video:
             raise UploadRejected(415, "the file has no video stream (audio only?)")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # found by the fuzz: a codec FFmpeg has no decoder for
+            raise UploadRejected(422, "the video cannot be decoded: its codec is unknown (no decoder for "
+                                      "it), or its header is corrupt")
         in_stream = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
         duration = max(container.duration / av.time_base if container.duration else 0.0, in_stream)
         if duration > config.max_duration_s:
