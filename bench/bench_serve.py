@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +64,8 @@ def main() -> None:
         raise SystemExit(f"{args.run / 'index.csv'} lists no test videos")
     log = Path("bench/results/serve-server.log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    options = ("--workers", str(args.workers), "--queue", str(args.queue))
+    store = tempfile.mkdtemp(prefix="bench-serve-")  # a fresh store: no earlier run's jobs to resume
+    options = ("--workers", str(args.workers), "--queue", str(args.queue), "--store", store)
     with serving(args.run, *options, log=log) as (base, process):
         load_test(base, files, uploads=2 * args.concurrency, concurrency=args.concurrency)  # warm-up
         before = rss_mb(process.pid)
@@ -78,6 +80,7 @@ def main() -> None:
            "p95_s": report.latency_p95_s, "jobs_per_s": round(report.uploads / report.seconds, 2),
            "rss_before_mb": round(before), "rss_after_mb": round(after)}
     print_table([row], f"megatron serve load test: {args.run} on {len(files)} test videos, {base}")
+    shutil.rmtree(store)
     if report.errors:
         print("errors:", *report.errors, sep="\n  ")
     write_results("serve", {"environment": environment(), "run": str(args.run),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 import time
+import uuid
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -21,9 +23,12 @@ from tiny_run import video_of
 
 from megatron_utils.cli import main
 from megatron_utils.inference.predict import Detector
-from megatron_utils.preprocessing.video import Encoded, probe
+from megatron_utils.models.backbones import folder_fingerprint
+from megatron_utils.preprocessing.video import Encoded, MediaError, probe
 from megatron_utils.serve import ServeConfig
 from megatron_utils.serve.app import create_app
+from megatron_utils.serve.fuzz import fuzz, leftovers
+from megatron_utils.serve.store import JOB_ID, Job, JobStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_UPLOAD = 4 * 2**20
@@ -37,8 +42,8 @@ def detector(tiny_run):
     return Detector.from_pretrained(tiny_run[0], clips_per_video=2)
 
 
-def serve(detector, work_dir: Path, **options) -> TestClient:
-    config = ServeConfig(run="unused: the predictor is given", work_dir=work_dir, max_upload_bytes=MAX_UPLOAD,
+def serve(detector, store: Path, **options) -> TestClient:
+    config = ServeConfig(run="unused: the predictor is given", store=store, max_upload_bytes=MAX_UPLOAD,
                          **options)
     return TestClient(create_app(config, predictor=detector))
 
@@ -82,7 +87,7 @@ def test_a_video_upload_is_scored_as_predict_scores_the_file(client, detector, t
     assert result["verdict"] == expected.verdict and result["threshold"] == pytest.approx(detector.threshold)
     assert [w["probability"] for w in result["faces"][0]["windows"]] == pytest.approx(
         [w.probability for w in expected.faces[0].windows], abs=1e-6)
-    assert result["weights"] == detector.weights and result["timings"]["total"] > 0
+    assert result["weights"] == client.app.state.jobs.weights and result["timings"]["total"] > 0
 
     assert set(job["files"]) == {"annotated.mp4", "timeline.png"}
     video = client.get(job["files"]["annotated.mp4"])
@@ -150,7 +155,11 @@ def test_model_health_page_docs_and_unknown_jobs(client, detector):
     assert health["status"] == "ok" and health["api_key_required"] is False
     model = client.get("/v1/model").json()
     assert model["threshold"] == pytest.approx(detector.threshold)
-    assert model["weights"] == detector.weights
+    checkpoint = Path(detector.checkpoint)
+    assert model["weights"]["checkpoint"] == {"name": f"{checkpoint.resolve().parent.name}/best",
+                                              "fingerprint": folder_fingerprint(checkpoint)}
+    assert model["weights"]["rgb_backbone"] == {"name": detector.embedder.rgb.name,
+                                                "fingerprint": detector.embedder.rgb.fingerprint}
     assert model["preprocessing"]["frames"]["frames_per_clip"] == 8
     assert model["model_card"] and "threshold" in model["model_card"].lower()
     assert model["limits"]["max_upload_bytes"] == MAX_UPLOAD
@@ -165,6 +174,30 @@ def test_model_health_page_docs_and_unknown_jobs(client, detector):
         response = client.get(url)
         assert response.status_code == 404, url
         assert url.endswith("passwd") or "no job" in response.json()["detail"]
+
+
+def test_no_response_names_a_server_path(client, detector, tiny_run, asset):
+    """Every kind of answer a client can get, scanned for the checkpoint's and the store's paths (and the
+    run's folder, whose index.csv the model card names)."""
+    checkpoint = Path(detector.checkpoint)
+    secrets = {str(checkpoint.absolute()), str(checkpoint.resolve()), str(tiny_run[0].resolve().parent),
+               str(client.app.state.jobs.folder), str(client.app.state.jobs.folder.resolve())}
+    video = Path(video_of(tiny_run[1], "fake")).read_bytes()
+    done = finished(client, upload(client, "a.mp4", video).json()["id"])
+    failed = finished(client, upload(client, "b.mp4", Path(asset("no_face_video")).read_bytes()).json()["id"])
+    assert (done["status"], failed["status"]) == ("done", "failed")
+    answers = [client.get(url) for url in ("/", "/healthz", "/v1/model", "/openapi.json", "/docs",
+                                           "/static/app.js", f"/v1/predictions/{done['id']}",
+                                           f"/v1/predictions/{failed['id']}", done["files"]["annotated.mp4"],
+                                           f"/v1/predictions/{done['id']}/files/nope.png",
+                                           "/v1/predictions/0123456789abcdef0123456789abcdef")]
+    answers += [upload(client, "c.mp4", video[: len(video) // 2]), upload(client, "d.mp4", b"text " * 99)]
+    assert [a.status_code for a in answers[-4:]] == [404, 404, 422, 415]
+    for answer in answers:
+        text = answer.content.decode("latin-1") + str(answer.headers)
+        leaked = [secret for secret in secrets if secret in text]
+        assert not leaked, (answer.url, leaked)
+    assert "sha256:" in answers[2].json()["weights"]["checkpoint"]["fingerprint"]
 
 
 # Hostile uploads --------------------------------------------------------------------------------------
@@ -203,6 +236,37 @@ def declared_hours_video(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def disguised(magic: bytes, path: Path) -> bytes:
+    """An MPEG program stream (a real 64x64 video) behind another format's magic bytes: sniffed as that
+    format, while FFmpeg left to probe reads the MPEG video behind it."""
+    with av.open(str(path), "w", format="mpeg") as container:
+        stream = container.add_stream("mpeg1video", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for shade in range(10):
+            frame = np.full((64, 64, 3), 20 * shade, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame)))
+        container.mux(stream.encode(None))
+    data = magic + path.read_bytes()
+    path.write_bytes(data)
+    return data
+
+
+def test_an_upload_is_read_only_as_the_type_its_content_names(client, tmp_path):
+    for magic, demuxer, suffix in ((b"GIF89a" + bytes(10), "gif", ".gif"),
+                                   (b"\x1a\x45\xdf\xa3" + bytes(8), "matroska", ".mkv")):
+        path = tmp_path / f"disguised{suffix}"
+        data = disguised(magic, tmp_path / "disguised.bin")
+        with av.open(str(tmp_path / "disguised.bin")) as probed:  # what probing would have let through
+            assert probed.format.name == "mpeg" and probed.streams.video
+        response = upload(client, "clip.mpg", data)
+        assert response.status_code == 422, response.text
+        assert f"cannot be read as the {demuxer}" in response.json()["detail"]
+        path.write_bytes(data)  # the pipeline, too, reads a file only as what its name says
+        with pytest.raises(MediaError, match="not a readable video"):
+            probe(path)
+
+
 def image_bytes(size: tuple[int, int], format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (120, 90, 80)).save(buffer, format=format)
@@ -232,8 +296,12 @@ def hostile(tiny_run, asset, tmp_path_factory):
     def file_part(data: bytes, name: str = "upload.mp4") -> tuple[bytes, dict]:
         return multipart(("file", name, data)), form
 
+    codec = video.index(b"avc1", video.index(b"stsd"))  # the video track's codec, in its sample description
+
     cases = {
         "empty file": (*file_part(b""), 400, "empty"),
+        "unknown video codec": (*file_part(video[:codec] + b"zzzz" + video[codec + 4:]), 422,
+                                "codec is unknown"),
         "text file": (*file_part(b"just some text, not a video\n" * 40), 415, "not a video or image"),
         "random bytes": (*file_part(np.random.default_rng(0).bytes(50_000)), 415, "not a video or image"),
         "truncated MP4": (*file_part(video[: len(video) // 2]), 422, "truncated or corrupt"),
@@ -281,16 +349,37 @@ def test_hostile_uploads_get_a_4xx_with_the_reason_and_the_service_stays_healthy
         detail = response.json().get("detail", "")
         outcomes[name] = (response.status_code, detail)
         assert response.status_code == status and reason in detail, (name, response.status_code, detail)
-        assert str(client.app.state.jobs.work_dir) not in detail  # never the server's paths
+        assert str(client.app.state.jobs.folder) not in detail  # never the server's paths
     assert len(outcomes) >= 20
     print("\n| upload | status | reason |\n|---|---|---|")
     print("\n".join(f"| {name} | {status} | {detail} |" for name, (status, detail) in outcomes.items()))
     # No job and no folder was kept for a refused upload, and the service still scores.
     assert set(client.app.state.jobs.jobs) == jobs_before
-    assert {folder.name for folder in client.app.state.jobs.work_dir.iterdir()} == jobs_before
+    assert {folder.name for folder in client.app.state.jobs.folder.iterdir() if JOB_ID.match(folder.name)
+            } == jobs_before
     good = upload(client, "after.mp4", Path(video_of(tiny_run[1], "fake")).read_bytes())
     assert good.status_code == 202
     assert finished(client, good.json()["id"])["status"] == "done"
+
+
+def test_fuzzed_uploads_get_a_4xx_with_a_reason_or_a_finished_job_and_leave_nothing(detector, tiny_run, asset,
+                                                                                   tmp_path):
+    """The short run of bench/bench_serve_fuzz.py: 120 seeded mutants of real videos and photos."""
+    files = [Path(video_of(tiny_run[1], label)) for label in ("real", "fake")] + [
+        Path(asset("obama")), Path(asset("face_recognition_32bit"))]
+    with serve(detector, tmp_path, queue_size=200, annotate=False) as client:
+        secrets = (str(tmp_path), str(Path(detector.checkpoint).resolve()))
+        report = fuzz(client, files, uploads=120, seed=0, secrets=secrets, job_timeout=120)
+        print(json.dumps(report.outcomes), json.dumps(report.by_mutation), f"{report.seconds} s")
+        assert report.server_errors == [] and report.unexplained == [] and report.leaks == []
+        assert set(report.outcomes) <= {"202 done", "202 failed", "400", "413", "415", "422"}
+        assert sum(report.outcomes.values()) == 120
+        # both sides exercised: mutants scored, and mutants refused for several reasons
+        assert report.outcomes.get("202 done", 0) >= 5 and len(set(report.outcomes) - {"202 done"}) >= 3
+        assert leftovers(tmp_path, report.accepted) == []
+        assert client.get("/healthz").json()["status"] == "ok"
+        after = upload(client, "after.mp4", files[1].read_bytes()).json()["id"]
+        assert finished(client, after)["status"] == "done"
 
 
 # Limits, keys, lifetime -------------------------------------------------------------------------------
@@ -299,7 +388,9 @@ class Gated:
 
     def __init__(self, detector: Detector):
         self.detector, self.gate = detector, threading.Event()
-        self.threshold, self.weights = detector.threshold, detector.weights
+
+    def __getattr__(self, name: str):  # the detector's threshold, weights and settings
+        return getattr(self.detector, name)
 
     def predict(self, media, name=None, progress=None, explain=None):
         self.gate.wait(60)
@@ -310,11 +401,13 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_no_job(detector, ti
     gated = Gated(detector)
     data = Path(video_of(tiny_run[1], "real")).read_bytes()
     with serve(gated, tmp_path, workers=1, queue_size=2) as client:
-        accepted = [upload(client, f"{n}.mp4", data) for n in range(3)]  # one runs, two wait
-        assert [r.status_code for r in accepted] == [202] * 3
-        deadline = time.monotonic() + 10
-        while client.get("/healthz").json()["jobs"]["running"] != 1 and time.monotonic() < deadline:
+        accepted = [upload(client, "0.mp4", data)]
+        deadline = time.monotonic() + 10  # the worker takes it (on a busy machine, not at once); two wait
+        while client.get("/healthz").json()["jobs"]["running"] != 1:
+            assert time.monotonic() < deadline, "the worker never took the first job"
             time.sleep(0.05)
+        accepted += [upload(client, f"{n}.mp4", data) for n in (1, 2)]
+        assert [r.status_code for r in accepted] == [202] * 3
         refused = upload(client, "3.mp4", data)
         assert refused.status_code == 429 and "queue is full" in refused.json()["detail"]
         assert int(refused.headers["retry-after"]) >= 1
@@ -344,12 +437,63 @@ def test_results_expire_after_their_lifetime(detector, asset, tmp_path):
     with serve(detector, tmp_path, result_ttl_s=60) as client:
         job = finished(client, upload(client, "a.jpg", Path(asset("obama")).read_bytes()).json()["id"])
         folder = tmp_path / job["id"]
-        assert (folder / "annotated.png").is_file() and (folder / "result.json").is_file()
+        assert (folder / "annotated.png").is_file()
         assert not list(folder.glob("upload*"))  # the upload itself is deleted once scored
         assert client.app.state.jobs.expire(now=job["finished"] + 59) == []
         expired = client.app.state.jobs.expire(now=job["finished"] + 61)
         assert expired == [job["id"]] and not folder.exists()
         assert client.get(f"/v1/predictions/{job['id']}").status_code == 404
+
+
+def test_over_the_store_cap_old_results_go_early_then_uploads_wait(detector, asset, tmp_path):
+    gated, data = Gated(detector), Path(asset("obama")).read_bytes()
+    gated.gate.set()
+    with serve(gated, tmp_path, max_store_bytes=len(data)) as client:
+        first = finished(client, upload(client, "a.jpg", data).json()["id"])
+        assert (tmp_path / first["id"] / "annotated.png").stat().st_size >= len(data)  # over the cap
+        gated.gate.clear()
+        second = upload(client, "b.jpg", data)  # room made by deleting the finished job early
+        assert second.status_code == 202 and client.get(f"/v1/predictions/{first['id']}").status_code == 404
+        full = upload(client, "c.jpg", data)  # the second's upload alone fills the store, and it is not done
+        assert full.status_code == 503 and "job store is full" in full.json()["detail"]
+        assert int(full.headers["retry-after"]) >= 1
+        gated.gate.set()
+        assert finished(client, second.json()["id"])["status"] == "done"
+        assert upload(client, "d.jpg", data).status_code == 202
+
+
+def test_a_store_serves_one_service_and_a_job_that_keeps_crashing_it_fails(detector, asset, tmp_path):
+    store = JobStore(tmp_path)
+    with pytest.raises(ValueError, match="in use by another"):
+        JobStore(tmp_path)
+    ids = [uuid.uuid4().hex for _ in range(2)]
+    jobs = [Job(job_id, tmp_path / job_id, filename=f"{n}.jpg", created=n) for n, job_id in enumerate(ids)]
+    for attempts, job in zip((1, 3), jobs, strict=True):  # killed once, and killed three times, while running
+        job.folder.mkdir()
+        job.media_path = job.folder / "upload.jpg"
+        shutil.copy(asset("obama"), job.media_path)
+        (job.folder / "annotated.png").write_bytes(b"half-written")
+        store.add(job)
+        job.status, job.attempts = "running", attempts
+        store.start(job)
+    store.close()
+    (tmp_path / uuid.uuid4().hex).mkdir()  # an upload cut short by the crash: no job
+    with serve(detector, tmp_path) as client:
+        again, given_up = (finished(client, job.id) for job in jobs)
+        assert (again["status"], again["attempts"]) == ("done", 2)
+        assert (given_up["status"], given_up["attempts"]) == ("failed", 3)
+        assert given_up["error"] == "1.jpg: the service stopped while scoring it 3 times"
+        assert {path.name for path in tmp_path.iterdir() if path.is_dir()} == {job.id for job in jobs}
+        assert not (tmp_path / jobs[1].id / "upload.jpg").exists()
+
+
+def test_the_default_store_is_in_the_run_folder_never_in_a_checkpoint(tiny_run):
+    run = tiny_run[0]
+    for given in ({"run": run}, {"run": run / "best"}, {"run": run, "checkpoint": "best"}):
+        assert ServeConfig(**given).store_folder == run / "serve-store"
+    assert ServeConfig(run=run, store="elsewhere").store_folder == Path("elsewhere")
+    with pytest.raises(ValueError, match="give --store"):
+        _ = ServeConfig(run="owner/a-model-on-the-hub").store_folder
 
 
 def test_serving_beyond_loopback_needs_a_key_or_insecure(tiny_run, capsys):

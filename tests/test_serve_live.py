@@ -23,17 +23,19 @@ MAX_UPLOAD_MB = 64
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     """(base URL, server process) of `megatron serve --run RUN` with 2 workers and a queue of 4."""
-    log = tmp_path_factory.mktemp("serve-live") / "server.log"
-    with serving(tiny_run[0], "--workers", "2", "--queue", "4", "--max-upload-mb", str(MAX_UPLOAD_MB),
-                 "--device", "cpu", log=log) as (base, process):
+    folder = tmp_path_factory.mktemp("serve-live")
+    with serving(tiny_run[0], "--store", str(folder / "store"), "--workers", "2", "--queue", "4",
+                 "--max-upload-mb", str(MAX_UPLOAD_MB), "--device", "cpu", log=folder / "server.log"
+                 ) as (base, process):
         yield base, process
 
 
 @pytest.fixture(scope="module")
 def explaining_server(tiny_run, tmp_path_factory):
     """(base URL, server process) of `megatron serve --run RUN --explain`."""
-    log = tmp_path_factory.mktemp("serve-explain") / "server.log"
-    with serving(tiny_run[0], "--explain", "--device", "cpu", log=log) as (base, process):
+    folder = tmp_path_factory.mktemp("serve-explain")
+    with serving(tiny_run[0], "--store", str(folder / "store"), "--explain", "--device", "cpu",
+                 log=folder / "server.log") as (base, process):
         yield base, process
 
 

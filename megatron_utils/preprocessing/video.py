@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+# The FFmpeg demuxer each suffix names. A file so named is read only as that format, never probed into
+# another (an HLS playlist or concat list inside a ".mp4" would have FFmpeg read other files), and FFmpeg
+# may open only local files (no network protocol, whatever a container references).
+DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska",
+            ".avi": "avi", ".mpg": "mpeg", ".mpeg": "mpeg", ".wmv": "asf", ".flv": "flv", ".gif": "gif"}
+CLOSED = {"protocol_whitelist": "file"}
 
 
 @dataclass(frozen=True)
@@ -108,13 +114,18 @@ def _as_source(source: Source) -> Path | Encoded:
 
 def _open(path: Path | Encoded) -> av.container.InputContainer:
     _check_file(path)
+    demuxer = DEMUXERS.get(Path(path.name if isinstance(path, Encoded) else path).suffix.lower())
     try:
-        container = av.open(path.open() if isinstance(path, Encoded) else str(path))
+        container = av.open(path.open() if isinstance(path, Encoded) else str(path), format=demuxer,
+                            container_options=CLOSED)
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         raise MediaError(path, f"not a readable video ({error.__class__.__name__}: {error})") from error
     if not container.streams.video:
         container.close()
         raise MediaError(path, "contains no video stream")
+    if container.streams.video[0].codec_context is None:  # a codec FFmpeg has no decoder for
+        container.close()
+        raise MediaError(path, "its video codec is unknown (no decoder for it), or its header is corrupt")
     return container
 
 

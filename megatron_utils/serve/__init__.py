@@ -2,9 +2,11 @@
 
 - `config.py`  `ServeConfig`: the run, the address, the worker pool and every limit.
 - `uploads.py` receiving an upload (streamed to disk, never held in memory) and checking it by its content.
-- `jobs.py`    the job store and the bounded worker pool that shares one loaded `Detector`.
+- `store.py`   the durable job table: SQLite beside the jobs' folders, resumed after a restart or crash.
+- `jobs.py`    the bounded worker pool that shares one loaded `Detector`, recovery, lifetime and disk cap.
 - `app.py`     the FastAPI app: JSON API, job files, the page.
 - `client.py`  a small client for the API and the loopback load test.
+- `fuzz.py`    seeded mutants of real media sent as uploads, and the invariants they must keep.
 """
 
 from .config import ServeConfig

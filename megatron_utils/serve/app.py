@@ -10,7 +10,8 @@
 
 With an API key set, every /v1/ route needs the header `X-API-Key`. Refusals are JSON `{"detail": reason}`:
 400 malformed, 401 key, 404 unknown or expired job, 413 over a size/duration/resolution limit, 415 not a
-video or image, 422 unreadable, 429 queue full and 503 not ready (both with Retry-After).
+video or image, 422 unreadable, 429 queue full, and 503 not ready or the job store full (both with
+Retry-After).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -27,15 +26,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from fastapi.security import APIKeyHeader
-from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from ..core.extras import extra_imports
+
+with extra_imports("serve"):
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.security import APIKeyHeader
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
 
 from ..models.checkpoint import CARD_FILE
 from .config import ServeConfig
-from .jobs import JobManager, Predictor, QueueFull
+from .jobs import JobManager, Predictor, QueueFull, StoreFull, redact
 from .uploads import UploadRejected, inspect_upload, receive_upload
 
 log = logging.getLogger(__name__)
@@ -63,22 +65,24 @@ def as_json(config: Any) -> Any:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
-def model_description(predictor: Predictor, config: ServeConfig) -> dict[str, Any]:
-    """What /v1/model returns: enough to know which weights decide and how media is preprocessed."""
-    checkpoint = getattr(predictor, "checkpoint", None)
-    card = Path(checkpoint) / CARD_FILE if checkpoint else None
-    preprocessing = getattr(predictor, "preprocessing", None)
+def model_description(manager: JobManager) -> dict[str, Any]:
+    """What /v1/model returns: enough to know which weights decide and how media is preprocessed; weights by
+    name and fingerprint, and no server path anywhere (the card names the training index by its path)."""
+    predictor, config = manager.predictor, manager.config
+    card = Path(predictor.checkpoint) / CARD_FILE
     model = getattr(predictor, "model", None)
-    return {
+    description = {
         "threshold": predictor.threshold,
-        "weights": predictor.weights,
+        "weights": manager.weights,
         "model": as_json(model.config) if model is not None else None,
-        "preprocessing": as_json(preprocessing) if preprocessing is not None else None,
-        "model_card": card.read_text() if card and card.is_file() else None,
+        "preprocessing": as_json(predictor.preprocessing),
+        "model_card": card.read_text() if card.is_file() else None,
         "limits": {"max_upload_bytes": config.max_upload_bytes, "max_duration_s": config.max_duration_s,
                    "max_side": config.max_side, "min_side": config.min_side, "workers": config.workers,
-                   "queue_size": config.queue_size, "result_ttl_s": config.result_ttl_s},
+                   "queue_size": config.queue_size, "result_ttl_s": config.result_ttl_s,
+                   "max_store_bytes": config.max_store_bytes},
     }
+    return json.loads(redact(json.dumps(description)))
 
 
 def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastAPI:
@@ -87,21 +91,18 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own_dir = config.work_dir is None
-        work_dir = Path(tempfile.mkdtemp(prefix="megatron-serve-")) if own_dir else Path(config.work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        store = config.store_folder
+        store.mkdir(parents=True, exist_ok=True)
         loaded = predictor or await run_in_threadpool(load_predictor, config)
-        app.state.jobs = JobManager(loaded, config, work_dir)
-        app.state.model = model_description(loaded, config)
+        app.state.jobs = JobManager(loaded, config, store)
+        app.state.model = model_description(app.state.jobs)
         log.info("serving with %s; jobs in %s", "; ".join(f"{k}: {v}" for k, v in loaded.weights.items()),
-                 work_dir)
+                 store)
         try:
             yield
         finally:
             app.state.jobs.close()
             del app.state.jobs
-            if own_dir:
-                shutil.rmtree(work_dir, ignore_errors=True)
 
     app = FastAPI(title="Megatron deepfake detector", version="1", lifespan=lifespan,
                   description="Upload a video or image; get the verdict, per-face timelines and an annotated "
@@ -147,6 +148,8 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
             manager.check_capacity()  # before reading a byte of the upload
         except QueueFull as error:
             raise Refused(429, str(error), retry_after=error.retry_after) from error
+        except StoreFull as error:
+            raise Refused(503, str(error), retry_after=error.retry_after) from error
         job = manager.new_job()
         try:
             job.filename, _ = await receive_upload(dict(request.headers), request.stream(),

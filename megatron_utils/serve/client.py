@@ -20,9 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..core.extras import extra_imports
+
+with extra_imports("serve"):
+    import httpx
 
 FINAL = {"done", "failed"}
 # Debian's Chromium, headless, on a machine with no outside network (for browser tests of the page)
@@ -38,14 +42,17 @@ def free_port() -> int:
 
 @contextmanager
 def serving(run: str | os.PathLike, *options: str, log: str | os.PathLike = os.devnull,
-            timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`megatron serve --run RUN OPTIONS` in its own process on a free loopback port, from the moment it
-    answers /healthz until the block ends: yields (base URL, process)."""
+            timeout: float = 120.0, env: dict[str, str] | None = None
+            ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`megatron serve --run RUN OPTIONS` in its own process on a free loopback port, with `env` added to
+    this process's environment, from the moment it answers /healthz until the block ends: yields (base URL,
+    process)."""
     port = free_port()
     command = [sys.executable, "-m", "megatron_utils", "serve", "--run", str(run), "--port", str(port),
                *options]
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    with open(log, "a") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 API_KEY_ENV = "MEGATRON_API_KEY"
+STORE_NAME = "serve-store"  # the default store, inside the run's folder
 
 
 @dataclass
@@ -23,7 +24,10 @@ class ServeConfig:
     max_side: int = 4096  # pixels, width or height
     min_side: int = 32
     result_ttl_s: float = 3600.0  # a finished job's files are deleted this long after it finished
-    work_dir: str | os.PathLike | None = None  # uploads and results; default: a fresh temporary folder
+    # the job store: its database, uploads and results, resumed by a service restarted on it; default: the
+    # run's folder / serve-store, so a plain restart loses nothing either
+    store: str | os.PathLike | None = None
+    max_store_bytes: int = 10 * 2**30  # beyond it the oldest results go early, then uploads get 503
     api_key: str | None = None  # required on /v1/* when set (header X-API-Key); default: $MEGATRON_API_KEY
     insecure: bool = False  # allow a non-loopback address without an API key
     annotate: bool = True  # write the annotated video or image of every job
@@ -33,7 +37,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
-        for name in ("workers", "queue_size", "max_upload_bytes", "max_side", "min_side"):
+        for name in ("workers", "queue_size", "max_upload_bytes", "max_store_bytes", "max_side", "min_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_duration_s <= 0 or self.result_ttl_s <= 0:
@@ -45,13 +49,26 @@ class ServeConfig:
     def checkpoint_path(self) -> str | os.PathLike:
         return Path(self.run) / self.checkpoint if self.checkpoint else self.run
 
+    @property
+    def store_folder(self) -> Path:
+        """`store`, or serve-store/ in the run's folder (beside a checkpoint folder given as the run, never
+        inside it: a checkpoint folder is what gets published)."""
+        from ..models.checkpoint import is_checkpoint
+
+        if self.store is not None:
+            return Path(self.store)
+        run = Path(self.checkpoint_path)
+        if not run.is_dir():
+            raise ValueError(f"{self.run} is not a local folder to keep the job store in; give --store DIR")
+        return (run.parent if is_checkpoint(run) else run) / STORE_NAME
+
     def check_exposure(self) -> None:
         """Refuse to listen beyond this machine without an API key, unless told `insecure`."""
         if self.api_key or self.insecure or is_loopback(self.host):
             return
         raise ValueError(f"refusing to serve on {self.host} without an API key: anyone who can reach it "
-                         f"could use the model; give --api-key (or ${API_KEY_ENV}), bind 127.0.0.1, or pass "
-                         f"--insecure")
+                         f"could use the model; set ${API_KEY_ENV} or give --api-key-file, bind 127.0.0.1, "
+                         f"or pass --insecure")
 
 
 def is_loopback(host: str) -> bool:

@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import av
-import puremagic
 from PIL import Image, UnidentifiedImageError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..preprocessing.video import MediaError, probe
+from ..core.extras import extra_imports
+
+with extra_imports("serve"):
+    import puremagic
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+from ..preprocessing.video import CLOSED, DEMUXERS, MediaError, probe
 from .config import ServeConfig
 
 # Sniffed extension -> stored suffix; the suffix tells the pipeline an image from a video.
@@ -30,9 +34,8 @@ IMAGE_TYPES = {".jpg": ".jpg", ".jpeg": ".jpg", ".png": ".png", ".webp": ".webp"
 VIDEO_TYPES = {".mp4": ".mp4", ".m4v": ".mp4", ".mov": ".mov", ".3gp": ".mp4", ".mkv": ".mkv",
                ".webm": ".webm", ".avi": ".avi", ".gif": ".gif", ".mpg": ".mpg", ".mpeg": ".mpg",
                ".flv": ".flv"}
-PIL_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM"}
-# FFmpeg demuxers (their comma-separated names) allowed to read a video.
-DEMUXERS = {"mov", "mp4", "matroska", "webm", "avi", "gif", "mpeg", "flv"}
+# Stored image suffix -> the one PIL reader allowed to open it (as a video's demuxer is pinned).
+PIL_FORMATS = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".ppm": "PPM"}
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 MAX_FILENAME = 255
 CHUNK = 1 << 16
@@ -181,12 +184,13 @@ async def receive_upload(headers: dict[str, str], body: AsyncIterator[bytes], ta
 
 
 def sniff(path: Path) -> tuple[str, str]:
-    """(kind, stored suffix) from the content's magic bytes, or 415 naming what it looks like."""
+    """(kind, stored suffix) from the content's magic bytes, or 415 naming what it looks like. Only the most
+    confident matches count: a WAV file also matches AVI's generic RIFF signature, less confidently."""
     try:
         matches = puremagic.magic_file(str(path))
     except puremagic.PureError:
         matches = []
-    for match in matches:
+    for match in (m for m in matches if m.confidence == matches[0].confidence):
         extension = match.extension.lower()
         if extension in IMAGE_TYPES:
             return "image", IMAGE_TYPES[extension]
@@ -209,10 +213,7 @@ def check_geometry(width: int, height: int, config: ServeConfig, what: str) -> N
 
 def inspect_image(path: Path, size: int, config: ServeConfig) -> UploadInfo:
     try:
-        with Image.open(path) as image:
-            if image.format not in PIL_FORMATS:
-                raise UploadRejected(415, f"not a video or image this service reads (image format "
-                                          f"{image.format})")
+        with Image.open(path, formats=[PIL_FORMATS[path.suffix]]) as image:
             check_geometry(image.width, image.height, config, "image")
             image.load()  # the header alone can hide a truncated or corrupt body
             return UploadInfo("image", image.format, image.width, image.height, size)
@@ -223,19 +224,22 @@ def inspect_image(path: Path, size: int, config: ServeConfig) -> UploadInfo:
 
 
 def inspect_video(path: Path, size: int, config: ServeConfig) -> UploadInfo:
+    """Read with the demuxer the sniffed type names (the stored suffix), local files only: content that
+    FFmpeg would otherwise probe into another format is refused, not read as that format."""
+    demuxer = DEMUXERS[path.suffix]
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), format=demuxer, container_options=CLOSED)
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or type(error).__name__  # its str() names the stored path
-        raise UploadRejected(422, f"the video cannot be read: truncated or corrupt ({reason})") from error
+        raise UploadRejected(422, f"the video cannot be read as the {demuxer} its content starts like: "
+                                  f"truncated or corrupt, or another format disguised ({reason})") from error
     with container:
-        demuxers = set(container.format.name.split(","))
-        if not demuxers & DEMUXERS:
-            raise UploadRejected(415, f"not a video or image this service reads (container format "
-                                      f"{container.format.name})")
         if not container.streams.video:
             raise UploadRejected(415, "the file has no video stream (audio only?)")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # found by the fuzz: a codec FFmpeg has no decoder for
+            raise UploadRejected(422, "the video cannot be decoded: its codec is unknown (no decoder for "
+                                      "it), or its header is corrupt")
         in_stream = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
         duration = max(container.duration / av.time_base if container.duration else 0.0, in_stream)
         if duration > config.max_duration_s:
@@ -245,24 +249,25 @@ def inspect_video(path: Path, size: int, config: ServeConfig) -> UploadInfo:
         if width and height:
             check_geometry(width, height, config, "video")
         fps = float(stream.average_rate or stream.guessed_rate or 0) or None
-        format_name = container.format.name.split(",")[0]
     try:
         info = probe(path)  # decodes the first frame
     except MediaError as error:
         raise UploadRejected(422, f"the video cannot be decoded: {error.reason}") from error
     check_geometry(info.width, info.height, config, "video")
-    return UploadInfo("video", format_name, info.width, info.height, size, round(duration, 3) or None, fps)
+    return UploadInfo("video", path.suffix[1:], info.width, info.height, size, round(duration, 3) or None,
+                      fps)
 
 
 def inspect_upload(path: Path, config: ServeConfig) -> tuple[UploadInfo, Path]:
     """Check a received upload by its content; returns its info and its path renamed to the sniffed suffix
     (the pipeline tells images from videos by suffix)."""
     size = path.stat().st_size
+    typed = path
     try:
         kind, suffix = sniff(path)
-        info = (inspect_image if kind == "image" else inspect_video)(path, size, config)
+        typed = path.with_suffix(suffix)
+        os.replace(path, typed)
+        info = (inspect_image if kind == "image" else inspect_video)(typed, size, config)
     except UploadRejected as error:
-        raise UploadRejected(error.status, error.reason.replace(str(path), "the upload")) from error
-    typed = path.with_suffix(suffix)
-    os.replace(path, typed)
+        raise UploadRejected(error.status, error.reason.replace(str(typed), "the upload")) from error
     return info, typed

@@ -130,7 +130,9 @@ async function showResult(job) {
     `decides, over ${face.frames_used} frame(s) in ${face.windows.length} window(s).`;
   const details = $("details");
   details.replaceChildren();
-  const rows = { ...result.weights, ...Object.fromEntries(Object.entries(result.timings)
+  const weights = Object.fromEntries(Object.entries(result.weights)
+    .map(([part, { name, fingerprint }]) => [part, `${name} (${fingerprint})`]));
+  const rows = { ...weights, ...Object.fromEntries(Object.entries(result.timings)
     .map(([name, seconds]) => [`${name} (s)`, seconds])) };
   for (const [name, value] of Object.entries(rows)) {
     const term = document.createElement("dt");
