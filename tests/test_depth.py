@@ -43,7 +43,7 @@ def test_depth_entries_have_documented_shapes_and_per_crop_range(faces_cache, fa
         # Min-max normalised per crop: every map spans the full range on its own.
         assert (depth.reshape(len(depth), -1).min(1) == 0).all()
         assert (depth.reshape(len(depth), -1).max(1) == 1).all()
-    assert {r["weights"] for r in cache.records().values()} == {f"local folder {tiny_depth}"}
+    assert {r["weights"] for r in cache.records().values()} == {f"local folder {tiny_depth.name}"}  # no path
 
 
 def test_depth_differs_between_faces(faces_entries, tiny_depth):
