@@ -15,10 +15,6 @@ from .cache import cache_root
 from .extras import EXTRAS, install_hint
 from .precision import resolve_device, resolve_dtype
 
-# An extra counts as installed when the module it needs first can be found.
-EXTRA_PROBES = {"serve": "fastapi", "audio": "librosa", "explain": "captum", "attacks": "torchattacks",
-                "ray": "ray", "mini": "espeakng_loader", "mtcnn": "facenet_pytorch"}
-
 
 def available_memory_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (Linux, Colab); None where there is none."""
@@ -53,8 +49,8 @@ def diagnose(runs: str | os.PathLike = "runs") -> dict[str, str]:
     for name, folder in (("caches", caches), ("runs", run_folder)):
         existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
         facts[name] = f"{folder} ({gib(shutil.disk_usage(existing).free)} free)"
-    for extra in EXTRAS:
-        found = importlib.util.find_spec(EXTRA_PROBES[extra]) is not None
+    for extra, needs in EXTRAS.items():
+        found = importlib.util.find_spec(needs.module) is not None
         facts[f"extra {extra}"] = "installed" if found else f"not installed ({install_hint(extra)})"
     return facts
 

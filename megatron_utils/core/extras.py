@@ -13,23 +13,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 PACKAGE = "megatron-deepfake"
 
-# extra -> what it adds; the packages are in pyproject.toml's [project.optional-dependencies]
+@dataclass(frozen=True)
+class Extra:
+    adds: str  # what it adds, in words
+    module: str  # the import that tells whether it is installed
+    # Its package pins dependencies too old to install with its own: installed without them, by this name.
+    no_deps: str | None = None
+
+
+# The packages of each are in pyproject.toml's [project.optional-dependencies], except the no-deps ones.
 EXTRAS = {
-    "serve": "the web service and page (`megatron serve`)",
-    "audio": "the audio stream (`megatron preprocess --audio`)",
-    "explain": "explanations of verdicts (`megatron predict --explain`)",
-    "attacks": "adversarial evaluation (`megatron evaluate --attack`)",
-    "ray": "preprocessing on a Ray cluster (`megatron preprocess --ray`)",
-    "mini": "the offline mini dataset's synthetic voices (`megatron data build-mini`)",
+    "serve": Extra("the web service and page (`megatron serve`)", "fastapi"),
+    "audio": Extra("the audio stream (`megatron preprocess --audio`)", "librosa"),
+    "explain": Extra("explanations of verdicts (`megatron predict --explain`)", "captum"),
+    "attacks": Extra("adversarial evaluation (`megatron evaluate --attack`)", "torchattacks",
+                     no_deps="torchattacks==3.5.1"),
+    "ray": Extra("preprocessing on a Ray cluster (`megatron preprocess --ray`)", "ray"),
+    "mini": Extra("the offline mini dataset's synthetic voices (`megatron data build-mini`)",
+                  "espeakng_loader"),
+    "mtcnn": Extra("the MTCNN face detector (facenet-pytorch's weights)", "facenet_pytorch",
+                   no_deps="facenet-pytorch==2.6.0"),
 }
-
-
-# Extras whose packages pin dependencies too old to install with theirs: installed without them.
-NO_DEPS = {"attacks": "torchattacks==3.5.1", "mtcnn": "facenet-pytorch==2.6.0"}
-EXTRAS["mtcnn"] = "the MTCNN face detector (facenet-pytorch's weights)"
 
 
 class MissingExtraError(ImportError):
@@ -37,8 +45,9 @@ class MissingExtraError(ImportError):
 
 
 def install_hint(extra: str) -> str:
-    if extra in NO_DEPS:
-        return f"pip install --no-deps {NO_DEPS[extra]}"
+    no_deps = EXTRAS[extra].no_deps
+    if no_deps:
+        return f"pip install --no-deps {no_deps}"
     return f"pip install '{PACKAGE}[{extra}]'"
 
 
@@ -51,5 +60,5 @@ def extra_imports(extra: str) -> Iterator[None]:
         yield
     except ImportError as error:
         missing = error.name or error
-        raise MissingExtraError(f"{EXTRAS[extra]} needs the '{extra}' extra, and {missing} is not installed: "
-                                f"{install_hint(extra)}") from error
+        raise MissingExtraError(f"{EXTRAS[extra].adds} needs the '{extra}' extra, and {missing} is not "
+                                f"installed: {install_hint(extra)}") from error

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,7 @@ def load_decision(checkpoint: Path) -> Decision:
         raise FileNotFoundError(f"{path} does not exist: the checkpoint has no decision rule (train it with "
                                 f"`megatron train`)")
     saved = json.loads(path.read_text())
-    return Decision(**{name: float(saved[name]) for name in ("threshold", "uncertain_below", "target_fpr",
-                                                              "target_fnr")})
+    return Decision(**{f.name: float(saved[f.name]) for f in fields(Decision)})
 
 
 def complete_checkpoint(checkpoint: Path, run_dir: Path, selected: dict[str, Any]) -> None:

@@ -67,6 +67,10 @@ class Distributed:
             dist.all_reduce(value)
         return value
 
+    def total(self, count: int, device: torch.device) -> int:
+        """The sum of a count over all ranks; in one process the count itself, with no device round trip."""
+        return int(self.sum(torch.tensor(count, device=device))) if self.enabled else count
+
     def gather(self, values: np.ndarray) -> np.ndarray:
         """Each rank's share concatenated in rank order, on every rank."""
         if not self.enabled:

@@ -241,8 +241,8 @@ class BatchPlan:
     """A batch sampler whose batches the main process sets before each pass, so one DataLoader (and its
     workers) serves every epoch."""
 
-    def __init__(self) -> None:
-        self.batches: list[list[Any]] = []
+    def __init__(self, batches: list[list[Any]] | None = None) -> None:
+        self.batches = batches or []
 
     def __iter__(self) -> Iterator[list[Any]]:
         return iter(self.batches)
@@ -319,9 +319,7 @@ def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache,
     P(fake) of up to `crops_per_video` crops of the video's main face."""
     refs = frame_refs(index, faces, split, crops_per_video)
     device = next(model.parameters()).device
-    plan = BatchPlan()
-    plan.batches = chunks(len(refs), 64)
-    crops = loader(CropsAsTheyAre(faces, refs), plan, workers)
+    crops = loader(CropsAsTheyAre(faces, refs), BatchPlan(chunks(len(refs), 64)), workers)
     probs = np.concatenate([frame_probabilities(model, images, device, amp) for (images,) in crops])
     per_video = pd.Series(probs).groupby(refs.video).mean()
     scores = refs.videos.iloc[per_video.index].reset_index(drop=True)
@@ -406,8 +404,7 @@ class EmbedderTask:
             pixels, targets = to_unit_tensor(images, self.device), torch.from_numpy(labels).to(self.device)
             if self.config.adversarial == "fgsm-rs":
                 pixels = fgsm_rs(self.model, pixels, targets, self.config.adversarial_eps)
-            global_size = int(world.sum(torch.tensor(len(labels), device=self.device)))
-            yield {"pixels": pixels}, targets, global_size
+            yield {"pixels": pixels}, targets, world.total(len(labels), self.device)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")

@@ -189,7 +189,7 @@ def fit(task: Task, config: Any, out_dir: Path, device: torch.device, world: Dis
             break
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, samples
+        loss_sum, samples = torch.zeros((), dtype=torch.float64, device=device), 0
         progress = tqdm(task.batches(state["epoch"], generator, world), total=task.steps_per_epoch(),
                         desc=f"{task.name} epoch {state['epoch'] + 1}", leave=False, unit="step",
                         disable=not world.main)
@@ -208,10 +208,11 @@ def fit(task: Task, config: Any, out_dir: Path, device: torch.device, world: Dis
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += torch.stack([share_loss.detach().double(),
-                                     torch.tensor(len(targets), dtype=torch.float64, device=device)])
+            loss_sum += share_loss.detach().double()
+            samples += len(targets)
             state["step"] += 1
-        total_loss, samples = world.sum(loss_sum).tolist()  # waits for the device: the pass is done
+        # waits for the device: the pass is done
+        total_loss, samples = world.sum(torch.stack([loss_sum, loss_sum.new_tensor(samples)])).tolist()
         train_seconds = time.perf_counter() - started
         row = {"epoch": state["epoch"] + 1, "step": state["step"], "lr": lr,
                "train_loss": total_loss / max(samples, 1), "samples_per_second": samples / train_seconds,
@@ -244,8 +245,9 @@ def fit(task: Task, config: Any, out_dir: Path, device: torch.device, world: Dis
     return out_dir / "best"
 
 
-def shares(batches: Iterable[Batch], world: Distributed) -> Iterator[Batch]:
-    """This rank's contiguous share of global batches that every rank drew alike."""
-    for inputs, targets, _ in batches:
+def shares(batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], world: Distributed
+           ) -> Iterator[Batch]:
+    """This rank's contiguous share of (inputs, targets) global batches that every rank drew alike."""
+    for inputs, targets in batches:
         share = world.share(len(targets))
         yield {name: value[share] for name, value in inputs.items()}, targets[share], len(targets)

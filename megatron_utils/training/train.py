@@ -21,7 +21,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from torch import nn
 from ..core.cache import PREPROCESS_FILE, write_json_atomic
 from ..core.precision import resolve_device
 from ..datasets import read_index
-from ..models.checkpoint import complete_checkpoint
+from ..models.checkpoint import Decision, complete_checkpoint
 from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .distributed import Distributed, distributed
@@ -125,7 +125,7 @@ class HeadTask:
     def batches(self, epoch: int, generator: torch.Generator, world: Distributed) -> Iterator[Batch]:
         clips = iterate_batches(self.train_clips, self.config.batch_size, shuffle=True, generator=generator,
                                 augmentation=self.augmentation, device=self.device)
-        return shares((({**features, "valid": valid}, label, 0) for features, valid, label in clips), world)
+        return shares((({**features, "valid": valid}, label) for features, valid, label in clips), world)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(logits[:, 0], targets)
@@ -146,8 +146,8 @@ class HeadTask:
                 "val_uncertain": metrics["uncertain"], **decision.to_dict()}
 
     def complete(self, folder: Path, row: dict[str, Any]) -> None:
-        chosen = ("threshold", "uncertain_below", "target_fpr", "target_fnr", "val_auc",
-                  "val_balanced_accuracy", "val_tpr", "val_uncertain", "epoch")
+        chosen = (*(f.name for f in fields(Decision)), "val_auc", "val_balanced_accuracy", "val_tpr",
+                  "val_uncertain", "epoch")
         complete_checkpoint(folder, self.run_dir, {**{name: row[name] for name in chosen}, **self.selected})
 
     def load(self, folder: Path) -> None:
