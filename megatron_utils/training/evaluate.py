@@ -94,6 +94,13 @@ def equal_error_rate(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((fpr[crossing] + fnr[crossing]) / 2)
 
 
+def fpr_threshold(real_probs: np.ndarray, target_fpr: float = 0.05) -> float:
+    """The lowest threshold that at most `target_fpr` of these real videos reach."""
+    reals = np.sort(real_probs)[::-1]
+    allowed_reals = int(np.floor(target_fpr * len(reals) + 1e-9))  # reals that may score at or above
+    return float(np.nextafter(reals[allowed_reals], np.inf)) if allowed_reals < len(reals) else 0.0
+
+
 def choose_decision(labels: np.ndarray, probs: np.ndarray, target_fpr: float = 0.05,
                     target_fnr: float = 0.05) -> Decision:
     """The decision rule for these (validation) videos: the lowest threshold that at most `target_fpr` of
@@ -101,9 +108,8 @@ def choose_decision(labels: np.ndarray, probs: np.ndarray, target_fpr: float = 0
     (clipped to the threshold, so the band is empty where the classes separate)."""
     if len(np.unique(labels)) < 2:
         raise ValueError("choosing a decision rule needs both real and fake videos")
-    reals, fakes = np.sort(probs[labels == 0])[::-1], np.sort(probs[labels == 1])
-    allowed_reals = int(np.floor(target_fpr * len(reals) + 1e-9))  # reals that may score at or above
-    threshold = float(np.nextafter(reals[allowed_reals], np.inf)) if allowed_reals < len(reals) else 0.0
+    threshold = fpr_threshold(probs[labels == 0], target_fpr)
+    fakes = np.sort(probs[labels == 1])
     allowed_fakes = int(np.floor(target_fnr * len(fakes) + 1e-9))  # fakes that may score below
     uncertain_below = float(fakes[allowed_fakes]) if allowed_fakes < len(fakes) else 1.0
     return Decision(threshold=threshold, uncertain_below=min(uncertain_below, threshold),
