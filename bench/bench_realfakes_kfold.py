@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--identities", nargs="+", default=["all"],
                         help="real training identities per fold (the growth curve), or 'all'")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="cap on each fold's fine-tuning (default: none, the recipe's epochs whatever the load)")
+                        help="cap on each fold's fine-tuning (default: none, the recipe's epochs)")
     parser.add_argument("--target-fpr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-realfakes-kfold")
