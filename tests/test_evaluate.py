@@ -6,9 +6,15 @@ import pytest
 
 from megatron_utils.cli import main
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
-from megatron_utils.models.checkpoint import Decision
-from megatron_utils.models.heads import model_config
-from megatron_utils.training.evaluate import binary_metrics, choose_decision, evaluate_run, metric_table
+from megatron_utils.models.checkpoint import Decision, load_decision
+from megatron_utils.models.heads import load_head, model_config
+from megatron_utils.training.evaluate import (
+    binary_metrics,
+    choose_decision,
+    evaluate_run,
+    fit_platt,
+    metric_table,
+)
 from megatron_utils.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,6 +104,44 @@ def test_metric_table_rows_compare_each_method_with_all_reals():
     assert table.loc[("method", "FaceSwap"), "real"] == 2
 
 
+def test_platt_scaling_turns_saturated_logits_into_probabilities_that_hold():
+    """Logits that all sit near +8 (every P ~ 0.9997, as the demo head's were) but still rank: after
+    scaling, reals score low and fakes high, and the probability in each bin matches the share of fakes."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 4000)
+    true_logit = rng.normal(np.where(labels == 1, 1.5, -1.5), 1.0)
+    labels = (rng.random(8000) < 1 / (1 + np.exp(-true_logit))).astype(int)  # outcomes that follow the logit
+    saturated = 8.0 + 0.1 * true_logit
+    scale, shift = fit_platt(saturated, labels)
+    calibrated = 1 / (1 + np.exp(-(scale * saturated + shift)))
+    assert scale > 0  # the ranking is kept
+    bins = np.digitize(calibrated, [0.2, 0.4, 0.6, 0.8])
+    for b in np.unique(bins):
+        chosen = bins == b
+        assert abs(calibrated[chosen].mean() - labels[chosen].mean()) < 0.06, b
+    assert calibrated[labels == 0].mean() < 0.4 < 0.6 < calibrated[labels == 1].mean()
+
+
+def test_decision_text_tells_a_threshold_from_a_band_edge_that_lie_close():
+    text = Decision(threshold=0.99977, uncertain_below=0.99975).meaning()
+    assert "P(fake) >= 0.99977" in text and "uncertain from 0.99975" in text
+    assert "P(fake) >= 0.62" in Decision(threshold=0.62, uncertain_below=0.41).meaning()
+
+
+def test_a_trained_head_is_calibrated_on_validation(run):
+    """The checkpoint carries the Platt scaling fitted on validation, and its decision rule is stated on
+    the calibrated scale: the threshold sits between the reals' and the fakes' typical probabilities."""
+    head = load_head(run / "best")
+    scale, shift = head.calibration.tolist()
+    assert (scale, shift) != (1.0, 0.0) and scale > 0
+    scores = pd.read_csv(evaluate_run(run).out_dir / "scores.csv")
+    reals = scores.loc[scores["label"] == "real", "probability"]
+    fakes = scores.loc[scores["label"] == "fake", "probability"]
+    threshold = json.loads((run / "best" / "decision.json").read_text())["threshold"]
+    assert reals.median() < threshold <= fakes.median() + 1e-9
+    assert 0.02 < threshold < 0.98  # on a probability scale that means something, not pushed to 0 or 1
+
+
 def test_evaluate_writes_metrics_plots_and_report(run):
     evaluation = evaluate_run(run)
     out = run / "eval" / "index-test"
@@ -118,8 +162,8 @@ def test_evaluate_writes_metrics_plots_and_report(run):
     report = (out / "report.md").read_text()
     embed_key = json.loads((run / "config.json").read_text())["data"]["embed_key"]
     for expected in ("| method | Deepfakes |", "| method | FaceSwap |", str((run / "best").resolve()),
-                     embed_key, "same as training", f"{threshold:.4f}", "![roc.png](roc.png)",
-                     "**Trained on:**"):
+                     embed_key, "same as training", load_decision(run / "best").meaning(),
+                     "![roc.png](roc.png)", "**Trained on:**"):
         assert expected in report
     assert "<table" in (out / "report.html").read_text()
     assert json.loads((out / "metrics.json").read_text())["threshold"] == threshold

@@ -337,7 +337,7 @@ class Detector:
             logits = self.model(**{name: torch.from_numpy(value).to(device).float()
                                    for name, value in features.items()},
                                 valid=torch.from_numpy(valid).to(device))
-        return torch.sigmoid(logits.float()[:, 0]).cpu().numpy()
+        return self.model.probability(logits[:, 0]).cpu().numpy()
 
 
 # Outputs ---------------------------------------------------------------------------------------------

@@ -70,6 +70,14 @@ def load_recipe(checkpoint: Path) -> dict[str, Any]:
     return recipe
 
 
+def distinct_decimals(a: float, b: float, least: int = 2, most: int = 8) -> tuple[str, str]:
+    """`a` and `b` with the fewest decimals (at least `least`) that tell them apart."""
+    for decimals in range(least, most + 1):
+        if f"{a:.{decimals}f}" != f"{b:.{decimals}f}" or a == b:
+            break
+    return f"{a:.{decimals}f}", f"{b:.{decimals}f}"
+
+
 @dataclass(frozen=True)
 class Decision:
     """How a P(fake) becomes a verdict, chosen on validation videos (never on test): `fake` at or above
@@ -89,10 +97,11 @@ class Decision:
 
     def meaning(self) -> str:
         """The threshold and the band in words, as predict, the page and the model card state them."""
-        text = (f"fake at P(fake) >= {self.threshold:.4f}: at most {self.target_fpr:.0%} of real validation "
+        threshold, edge = distinct_decimals(self.threshold, self.uncertain_below)
+        text = (f"fake at P(fake) >= {threshold}: at most {self.target_fpr:.0%} of real validation "
                 f"videos scored this high")
         if self.uncertain_below < self.threshold:
-            text += (f"; uncertain from {self.uncertain_below:.4f}: at most {self.target_fnr:.0%} of fake "
+            text += (f"; uncertain from {edge}: at most {self.target_fnr:.0%} of fake "
                      f"validation videos scored lower; real below")
         return text
 

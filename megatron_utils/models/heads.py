@@ -193,6 +193,14 @@ class TemporalHead(nn.Module):
         self.dims = {"rgb": config.rgb_dim, "depth": config.depth_dim, "audio": config.audio_dim}
         if config.audio_dim and self.pooled_size():
             self.no_audio = nn.Parameter(torch.zeros(self.pooled_size()))
+        # Platt scaling of the fake logit (scale, shift), fitted on validation when an epoch is scored, so a
+        # probability means what it says; training's loss sees the raw logits.
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+
+    def probability(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(fake) from the fake logits (`forward(...)[:, 0]`), float32."""
+        scale, shift = self.calibration.to(fake_logits.device)
+        return torch.sigmoid(fake_logits.float() * scale + shift)
 
     def pooled_size(self) -> int:
         """The size of one stream's pooled vector (0: the head pools no streams)."""

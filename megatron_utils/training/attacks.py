@@ -191,7 +191,8 @@ def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: l
         for attack, eps in settings:
             attacked = attack_clips(model, crops, valid, target, attack, eps / 255, config, audio)
             with torch.no_grad():
-                scores[(attack, eps)].append(float(torch.sigmoid(model(attacked, valid, audio)).mean()))
+                fake_logits = model(attacked, valid, audio)[:, 0]
+            scores[(attack, eps)].append(float(model.head.probability(fake_logits).mean()))
     rows = []
     for (attack, eps), probs in scores.items():
         probs = np.asarray(probs)

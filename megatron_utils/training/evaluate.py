@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.optimize import minimize
+from scipy.special import log_expit
 from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
@@ -65,19 +67,39 @@ def bootstrap_auc_interval(labels: np.ndarray, probs: np.ndarray, samples: int =
 
 
 @torch.no_grad()
-def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 512,
-                       amp: bool = True) -> np.ndarray:
-    """P(fake) of every clip, in the ClipSet's order."""
+def clip_logits(model: TemporalHead, clips: ClipSet, batch_size: int = 512, amp: bool = True) -> np.ndarray:
+    """The raw fake logit of every clip, in the ClipSet's order (float32)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    probabilities = []
+    logits = []
     for features, valid, _ in iterate_batches(clips, batch_size, device=device):
         with autocast(device, training_dtype(device, amp)):
-            logits = model(**features, valid=valid)
-        probabilities.append(torch.sigmoid(logits.float()[:, 0]).cpu())
+            logits.append(model(**features, valid=valid).float()[:, 0].cpu())
     model.train(was_training)
-    return torch.cat(probabilities).numpy()
+    return torch.cat(logits).numpy()
+
+
+def clip_probabilities(model: TemporalHead, clips: ClipSet, batch_size: int = 512,
+                       amp: bool = True) -> np.ndarray:
+    """Calibrated P(fake) of every clip, in the ClipSet's order."""
+    return model.probability(torch.from_numpy(clip_logits(model, clips, batch_size, amp))).numpy()
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: the (scale, shift) minimising the log loss of sigmoid(scale * logit + shift) on these
+    (validation) clips, reals and fakes weighted equally (probabilities as if both were equally common).
+    The scale stays positive, so the ranking (and every AUC) is unchanged, and within [e^-4, e^5]."""
+    x, y = logits.astype(np.float64), labels.astype(np.float64)
+    weight = np.where(y == 1, 0.5 / max(y.sum(), 1), 0.5 / max((1 - y).sum(), 1))
+
+    def log_loss(params: np.ndarray) -> float:
+        z = np.exp(params[0]) * x + params[1]
+        return float(-(weight * (y * log_expit(z) + (1 - y) * log_expit(-z))).sum())
+
+    start = np.array([0.0, -float(np.median(x))])  # centred: saturated logits start near the optimum
+    fitted = minimize(log_loss, start, method="L-BFGS-B", bounds=[(-4.0, 5.0), (None, None)]).x
+    return float(np.exp(fitted[0])), float(fitted[1])
 
 
 def video_probabilities(clips: ClipSet, clip_probs: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from ..models.checkpoint import Decision, complete_checkpoint
 from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .distributed import Distributed, distributed
-from .evaluate import binary_metrics, choose_decision, clip_probabilities, video_probabilities
+from .evaluate import binary_metrics, choose_decision, clip_logits, fit_platt, video_probabilities
 from .loop import STATE_JSON, Batch, fit, log_to_file, shares
 from .pseudo_fakes import training_index
 
@@ -135,10 +135,13 @@ class HeadTask:
         here. Each rank scores its share of the clips; every rank gets the same metrics."""
         clips, config = self.val_clips, self.config
         share = clips.subset(world.share(len(clips)))
-        clip_probs = world.gather(clip_probabilities(self.model, share, config.eval_batch_size, config.amp))
-        loss = nn.functional.binary_cross_entropy(
-            torch.from_numpy(clip_probs).double().clamp(1e-7, 1 - 1e-7), clips.label.cpu().double())
-        labels, probs = clips.video_labels, video_probabilities(clips, clip_probs)
+        logits = torch.from_numpy(world.gather(clip_logits(self.model, share, config.eval_batch_size,
+                                                           config.amp)))
+        clip_labels = clips.label.cpu()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.double(), clip_labels.double())
+        self.model.calibration.copy_(torch.tensor(fit_platt(logits.numpy(), clip_labels.numpy())))
+        labels = clips.video_labels
+        probs = video_probabilities(clips, self.model.probability(logits).numpy())
         decision = choose_decision(labels, probs, config.target_fpr, config.target_fnr)
         metrics = binary_metrics(labels, probs, decision.threshold, decision.uncertain_below)
         return {"val_loss": float(loss), "val_auc": metrics["auc"], "score": metrics["auc"],
