@@ -18,7 +18,8 @@ are dealt into k folds, stratified by label. For each fold:
 Scores are the frame classifier's mean P(fake) per video. Reported: pooled AUC with 95% bootstrap
 intervals, the share of reals called fake at each fold's own threshold (FPR), the share of fakes caught
 (TPR) and the TPR at 5% FPR, per method and per source. `--identities` repeats the k-fold with the real
-training identities subsampled (the growth curve); `--minutes` caps each fold's fine-tuning. Run alone:
+training identities subsampled and fits the growth curve (AUC against log identities, extrapolated to FF++'s
+720 training identities); `--minutes` caps each fold's fine-tuning. Run alone:
 
     python bench/bench_realfakes_kfold.py [--folds 5] [--identities 10 25 all] [--minutes 4]
 """
@@ -136,6 +137,37 @@ def report_rows(tested: pd.DataFrame, external: pd.DataFrame, setting: str) -> l
     return rows
 
 
+def growth(settings: dict[str, dict], rows: list[dict[str, object]], target: int = 720) -> dict[str, object]:
+    """AUC and TPR at 5% FPR (pooled FF++ k-fold) against the real training identities, a straight line in
+    log(identities) fitted through them, and what it predicts at `target` identities (FF++'s train split);
+    plotted into bench/results/realfakes-kfold-growth.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = {row["setting"]: row for row in rows if row["group"] == "FF++ k-fold, all"}
+    people = np.array([np.mean([fold["identities"] for fold in settings[name]["folds"]])
+                       for name in settings])
+    curve: dict[str, object] = {"identities": people.tolist()}
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for metric in ("auc", "tpr_at_5fpr"):
+        values = np.array([pooled[f"{name} identities"][metric] for name in settings])
+        slope, intercept = np.polyfit(np.log(people), values, 1)
+        curve[metric] = {"values": values.tolist(), "per_doubling": float(slope * np.log(2)),
+                         f"predicted_at_{target}": float(intercept + slope * np.log(target))}
+        axes.plot(people, values, "o", label=metric)
+        line = np.geomspace(people.min(), target, 50)
+        axes.plot(line, intercept + slope * np.log(line), "--", linewidth=1)
+    axes.set(xscale="log", xlabel="real training identities per fold", ylabel="pooled FF++ k-fold",
+             ylim=(0, 1), title="realfakes-dev, identity-disjoint k-fold")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(REPO / "bench" / "results" / "realfakes-kfold-growth.png", dpi=120)
+    plt.close(figure)
+    return curve
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -196,6 +228,9 @@ def main() -> None:
         rows += report_rows(tested_all, external_all, f"{identities} identities")
         payload["settings"][identities] = {"folds": folds_info, "scores": tested_all.to_dict("records"),
                                            "external_scores": external_all.to_dict("records")}
+    if len(args.identities) > 1:
+        payload["growth"] = growth(payload["settings"], rows)
+        print("growth with identities:", payload["growth"])
     payload["peak_rss_mb"] = peak_rss_mb()
     print_table(rows, f"realfakes-dev, identity-disjoint {args.folds}-fold, SBI on reals only "
                       f"(demo recipe: {recipe.finetune.input_size} px, {crops} crops per video)")
