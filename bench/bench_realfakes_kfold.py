@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_realfakes import DEFAULT_DATA, installed_index, realfakes_index
-from common import REPO, environment, peak_rss_mb, print_table, write_results
+from common import REPO, RESULTS, environment, peak_rss_mb, print_table, write_results
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
@@ -163,7 +163,8 @@ def growth(settings: dict[str, dict], rows: list[dict[str, object]], target: int
              ylim=(0, 1), title="realfakes-dev, identity-disjoint k-fold")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(REPO / "bench" / "results" / "realfakes-kfold-growth.png", dpi=120)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(RESULTS / "realfakes-kfold-growth.png", dpi=120)
     plt.close(figure)
     return curve
 
