@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 OK = "ok"
 # The preprocessing recipe, written by the embed stage beside its cache and copied into every checkpoint.
@@ -215,28 +215,25 @@ class StageCache:
             save_file(contiguous, str(tmp), metadata={"meta": json.dumps(metadata or {}, default=str)})
         self.record(item_id, OK, **record_info)
 
-    def read(self, item_id: str, names: Sequence[str] | None = None
-             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """An entry's tensors (only `names`, without reading the others, when given) and its metadata."""
+    @contextlib.contextmanager
+    def entry(self, item_id: str) -> Iterator[Any]:
+        """An entry's safetensors file, open for reading whole tensors or slices of them."""
+        from safetensors import safe_open
+
         path = self.entry_path(item_id)
         if not path.exists():
             raise FileNotFoundError(f"{self.stage} cache has no entry for {item_id!r} (expected {path})")
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as handle:
+            yield handle
+
+    def read(self, item_id: str, names: Sequence[str] | None = None
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """An entry's tensors (only `names`, without reading the others, when given) and its metadata."""
+        with self.entry(item_id) as handle:
             metadata = json.loads((handle.metadata() or {}).get("meta", "{}"))
-            if names is not None:
-                stored = set(handle.keys())
-                return {name: handle.get_tensor(name) for name in names if name in stored}, metadata
-        return load_file(str(path)), metadata
-
-    def read_row(self, item_id: str, names: Sequence[str], row: int) -> dict[str, np.ndarray]:
-        """Row `row` of each named tensor of an entry, reading nothing else: one crop of a video without
-        its other crops, so training streams from the cache instead of preloading it."""
-        from safetensors import safe_open
-
-        with safe_open(str(self.entry_path(item_id)), framework="numpy") as handle:
-            return {name: handle.get_slice(name)[row:row + 1][0] for name in names}
+            stored = set(handle.keys())
+            wanted = stored if names is None else [name for name in names if name in stored]
+            return {name: handle.get_tensor(name) for name in wanted}, metadata
 
     def done_items(self) -> list[str]:
         return [item for item, record in self.records().items() if self.status(item) == OK]
