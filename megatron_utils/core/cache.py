@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
+from tqdm import tqdm
 
 OK = "ok"
 # The preprocessing recipe, written by the embed stage beside its cache and copied into every checkpoint.
@@ -255,6 +257,32 @@ def cache_sizes(root: str | os.PathLike | None = None) -> dict[str, int]:
             p.stat().st_size for p in folder.rglob("*") if p.is_file()
         )
     return sizes
+
+
+def copy_cache(folder: str | os.PathLike, root: str | os.PathLike) -> StageCache:
+    """Copy the stage cache `folder` (`<root>/<stage>/<key>/`) under another cache `root`, e.g. from the
+    local disk to Google Drive when a stage is done, and return the copy.
+
+    Entries go first, each to a temporary name renamed when complete; the manifests follow, so the copy
+    lists only items whose entries have arrived. A copy cut short lists fewer items, never a broken one,
+    and calling again finishes it: entries already there with the same size and modification second are
+    skipped.
+    """
+    source = StageCache.open(folder)
+    target = StageCache(source.stage, source.config, root)
+    entries = [p for p in sorted(source.items_dir.glob("*.safetensors")) if not p.name.startswith(".")]
+    for path in tqdm(entries, desc=f"copy {source.stage}/{source.key}", unit="entry", disable=not entries):
+        copied = target.items_dir / path.name
+        mine, theirs = path.stat(), copied.stat() if copied.exists() else None
+        if theirs and (theirs.st_size, int(theirs.st_mtime)) == (mine.st_size, int(mine.st_mtime)):
+            continue
+        with atomic_path(copied) as tmp:
+            shutil.copy2(path, tmp)
+    target.manifest_dir.mkdir(exist_ok=True)
+    for manifest in sorted(source.manifest_dir.glob("*.jsonl")):
+        with atomic_path(target.manifest_dir / manifest.name) as tmp:
+            shutil.copy2(manifest, tmp)
+    return target
 
 
 @dataclass
