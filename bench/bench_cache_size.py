@@ -38,6 +38,7 @@ from common import REPO, print_table, write_results
 from PIL import Image
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from tqdm import tqdm
 
 from megatron_utils.preprocessing.batching import to_unit_tensor
 from megatron_utils.preprocessing.depth import DEPTH_BITS, DepthConfig, DepthEstimator, compute_depth
@@ -196,7 +197,7 @@ def main() -> None:
 
     candidates = crop_candidates()
     per_video, crop_results, depth_results = [], [], []
-    for video_id in faces.done_items():
+    for video_id in tqdm(faces.done_items(), desc="candidates", unit="video"):
         entry, _ = read_faces(faces, video_id, ["crops", "landmarks"])
         crops = entry["crops"]
         crop_results.append({name: measure(crops, *codec) for name, codec in candidates.items()})

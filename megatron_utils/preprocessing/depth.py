@@ -4,8 +4,8 @@ Crops from many videos share fixed-size batches; resizing and normalisation run 
 model's device. Each map is min-max normalised per crop (Depth Anything predicts relative inverse
 depth, so near is bright), rounded to DEPTH_BITS = 11 bits and stored as one 16-bit PNG per map beside the
 faces entry's `frame_index`. 8 bits would band smooth depth into terraces whose edges the depth embedder
-sees (its embeddings move by ~12%, most of the change between neighbouring frames); 11 bits move them as
-little as the float16 maps stored before (~0.4%) at a sixth of the size (bench/bench_cache_size.py).
+sees (its embeddings move by ~13%, most of the change between neighbouring frames); 11 bits move them as
+little as the float16 maps stored before (~0.5%) at a seventh of the size (bench/bench_cache_size.py).
 `DepthEstimator` returns maps on the same grid, so what `predict` computes equals what was cached.
 Offline, `facemesh` renders the depth of MediaPipe's 3D face mesh fitted to each crop: real geometry
 from a real network, where Depth Anything's weights cannot be had.

@@ -43,8 +43,8 @@ MAX_TRACK_SCALE = 2.0
 
 # Bumped whenever a code change alters the crops for the same configuration, so old caches are not reused.
 FACES_VERSION = 3  # 3: 68-point landmarks per crop
-# Crops are stored losslessly, one WebP file per crop, about a quarter of their raw size on FF++ c23 faces;
-# effort 2 of libwebp's 0-6 is within ~3% of the default 4's size at a third of its time
+# Crops are stored losslessly, one WebP file per crop, a quarter of their raw size on FF++ c23 faces;
+# effort 2 of libwebp's 0-6 is within 2% of the default 4's size at a quarter of its time
 # (bench/bench_cache_size.py). Part of the cache key.
 CROPS_CODEC = ImageCodec("WEBP", "uint8", 3, (("lossless", True), ("method", 2), ("quality", 25)))
 
