@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-BYTES, OFFSETS = "_bytes", "_offsets"
-
 
 @dataclass(frozen=True)
 class ImageCodec:
@@ -72,12 +70,13 @@ def encode_images(name: str, images: np.ndarray, codec: ImageCodec) -> dict[str,
     files = [codec.encode(image) for image in images]
     offsets = np.zeros(len(files) + 1, np.int64)
     np.cumsum([len(data) for data in files], out=offsets[1:])
-    return {name + BYTES: np.frombuffer(b"".join(files), np.uint8), name + OFFSETS: offsets}
+    data_name, offsets_name = encoded_names(name)
+    return {data_name: np.frombuffer(b"".join(files), np.uint8), offsets_name: offsets}
 
 
 def encoded_names(name: str) -> tuple[str, str]:
-    """The two tensors that hold the stack `name`."""
-    return name + BYTES, name + OFFSETS
+    """The two tensors that hold the stack `name`: its bytes and its offsets."""
+    return f"{name}_bytes", f"{name}_offsets"
 
 
 def _checked_offsets(offsets: np.ndarray, size: int, where: str) -> np.ndarray:

@@ -450,12 +450,13 @@ def read_faces(cache: StageCache, item_id: str, names: Sequence[str] | None = No
     """A faces entry (only `names` when given) with its crops decoded to uint8 [N, S, S, 3], and its
     metadata: the one way to read a faces cache. A crop that cannot be decoded raises ValueError naming
     the item."""
-    stored = None if names is None else [n for name in names
-                                         for n in (encoded_names(name) if name == "crops" else (name,))]
+    encoded = encoded_names("crops")
+    stored = None if names is None else [part for name in names
+                                         for part in (encoded if name == "crops" else (name,))]
     tensors, metadata = cache.read(item_id, stored)
     if names is None or "crops" in names:
         crops = decode_images("crops", tensors, CROPS_CODEC, _entry_name(cache, item_id))
-        tensors = {"crops": crops, **{k: v for k, v in tensors.items() if k not in encoded_names("crops")}}
+        tensors = {"crops": crops, **{k: v for k, v in tensors.items() if k not in encoded}}
     return tensors, metadata
 
 
