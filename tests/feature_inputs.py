@@ -1,6 +1,7 @@
 """Real inputs for the depth and embed tests: face crops of real photos and video frames, cut with the
 faces stage's own detector and cropper, written as a `faces` stage cache in exactly the format of
-docs/ARCHITECTURE.md, and a tiny random-weight depth model saved to a local folder."""
+docs/ARCHITECTURE.md (crops encoded by the stage's `encode_faces`), and a tiny random-weight depth model
+saved to a local folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_utils.core.cache import StageCache
-from megatron_utils.preprocessing.faces import FaceConfig, FaceDetector, square_crop
+from megatron_utils.preprocessing.faces import FaceConfig, FaceDetector, encode_faces, square_crop
 from megatron_utils.preprocessing.video import read_frames, read_image
 
 CROP = 112  # small crops keep the tests fast; the format is the same at 224
@@ -54,7 +55,7 @@ def write_faces_cache(entries: dict[str, dict[str, np.ndarray]], root: Path,
     """A faces cache whose key differs by `name`, as caches of different faces configurations do."""
     cache = StageCache("faces", {"test": name, "size": CROP}, root=root)
     for item_id, tensors in entries.items():
-        cache.write(item_id, tensors)
+        cache.write(item_id, encode_faces(tensors))
     return cache
 
 

@@ -7,7 +7,17 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_utils.core.cache import FAILED, HOST, OK, StageCache, atomic_path, cache_sizes, stable_hash
+from megatron_utils.cli import main
+from megatron_utils.core.cache import (
+    FAILED,
+    HOST,
+    OK,
+    StageCache,
+    atomic_path,
+    cache_sizes,
+    copy_cache,
+    stable_hash,
+)
 
 
 def test_key_changes_with_any_config_value(cache_dir):
@@ -120,3 +130,27 @@ def test_only_this_machines_dead_writers_temporaries_are_swept(cache_dir):
     assert cache.remove_stale_temporaries() == 1
     assert sorted(path.name for path in cache.items_dir.iterdir()) == sorted(
         [names["alive here"], names["elsewhere"]])
+
+
+def test_copy_to_another_root_lists_only_arrived_entries_and_resumes(tmp_path, capsys):
+    source = StageCache("depth", {"faces": "abc"}, root=tmp_path / "local")
+    arrays = {f"v{i}": np.full((3, 8, 8), i, np.uint16) for i in range(3)}
+    for item, array in arrays.items():
+        source.write(item, {"depth": array}, fingerprint=item)
+    source.record("broken", FAILED, error="broken.mp4: not a readable video")
+    copy = copy_cache(source.dir, tmp_path / "drive")
+    assert copy.dir == tmp_path / "drive" / "depth" / source.key
+    assert sorted(copy.done_items()) == ["v0", "v1", "v2"] and copy.failures() == source.failures()
+    for item, array in arrays.items():
+        np.testing.assert_array_equal(copy.read(item)[0]["depth"], array)
+
+    # Cut short: an entry is missing there and the source has gone on. Listed as not done, never broken.
+    copy.entry_path("v1").unlink()
+    source.write("v3", {"depth": np.full((3, 8, 8), 3, np.uint16)}, fingerprint="v3")
+    assert "v1" not in StageCache.open(copy.dir).done_items()
+    assert main(["cache", "copy", str(source.dir), "--to", str(tmp_path / "drive")]) == 0
+    assert "4 entries" in capsys.readouterr().out
+    again = StageCache.open(copy.dir, "depth")
+    assert sorted(again.done_items()) == ["v0", "v1", "v2", "v3"]
+    np.testing.assert_array_equal(again.read("v1")[0]["depth"], arrays["v1"])
+    assert not [p for p in again.items_dir.iterdir() if p.name.startswith(".")]  # no temporaries left

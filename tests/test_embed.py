@@ -7,7 +7,7 @@ import torch
 from feature_inputs import real_faces_entries, save_tiny_depth_model, write_faces_cache
 from safetensors.torch import save_file
 
-from megatron_utils.preprocessing.depth import DepthConfig, compute_depth
+from megatron_utils.preprocessing.depth import DepthConfig, compute_depth, read_depth
 from megatron_utils.preprocessing.embed import EmbedConfig, Embedder, compute_embeddings, to_clips
 from megatron_utils.preprocessing.faces import FaceConfig, extract_video_faces
 from megatron_utils.preprocessing.frames import FramesConfig
@@ -54,7 +54,7 @@ def test_batching_across_videos_matches_one_video_at_a_time(caches, faces_entrie
     cache, _ = compute_embeddings(faces, depth, tiny_config(batch_size=4))
     single = Embedder(tiny_config(batch_size=1))
     for item_id, entry in faces_entries.items():
-        rgb, depth_features = single(entry["crops"], depth.read(item_id)[0]["depth"])
+        rgb, depth_features = single(entry["crops"], read_depth(depth, item_id)["depth"])
         stored, _ = cache.read(item_id)
         features = {"rgb": rgb, "depth": depth_features}
         expected = to_clips(features, entry["clip_index"], entry["frame_index"], 4)
@@ -67,7 +67,7 @@ def test_rgb_and_depth_streams_are_separate_networks(caches, faces_entries):
     embedder = Embedder(tiny_config(depth_backbone="mobilenetv2_offline"))
     assert embedder.rgb.model is not embedder.depth.model and not embedder.depth.model.training
     crops = faces_entries["video/single_face"]["crops"]
-    rgb, depth = embedder(crops, caches[1].read("video/single_face")[0]["depth"])
+    rgb, depth = embedder(crops, read_depth(caches[1], "video/single_face")["depth"])
     assert rgb.shape == (len(crops), 256) and depth.shape == (len(crops), 1280)
 
 

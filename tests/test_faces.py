@@ -13,6 +13,8 @@ from test_frames import phone_portrait_mp4
 
 from megatron_utils import cli
 from megatron_utils.core.cache import OK
+from megatron_utils.core.image_codec import ImageCodec
+from megatron_utils.preprocessing import faces
 from megatron_utils.preprocessing.faces import (
     FaceConfig,
     FaceDetector,
@@ -20,8 +22,11 @@ from megatron_utils.preprocessing.faces import (
     create_detector,
     extract_faces,
     extract_video_faces,
+    faces_cache,
     fill_boxes,
     list_detectors,
+    read_face_row,
+    read_faces,
     square_crop,
 )
 from megatron_utils.preprocessing.frames import FramesConfig, sample_indices
@@ -166,22 +171,22 @@ def test_batch_records_bad_input_and_goes_on_then_skips_and_redoes(asset, tmp_pa
     assert "no face found in any of the 8 sampled frames" in report.failures["no_face"]
     assert report.done == 5 and report.units > 0 and cache.dir.name == cache.key
 
-    tensors, meta = cache.read("good")
+    tensors, meta = read_faces(cache, "good")
     assert set(tensors) == ENTRY_KEYS and tensors["crops"].shape == (8, 224, 224, 3)
     assert tensors["boxes"].dtype == np.float32 and tensors["detected"].dtype == bool
     assert tensors["frame_index"].dtype == np.int32 and tensors["clip_index"].tolist() == [0] * 8
     assert (meta["width"], meta["height"], meta["fps"], meta["frame_count"]) == (640, 360, 30.0, 72)
     assert meta["detectors_used"]["dlib_hog"] >= 1 and meta["source"] == str(files["good"])
 
-    half, meta = cache.read("half_moov_first")  # the stream breaks off mid-way: the first half is used
+    half, meta = read_faces(cache, "half_moov_first")  # the stream breaks off mid-way: the first half is used
     assert 3 <= len(half["frame_index"]) < 8 and half["frame_index"].max() < 472 // 2
     assert any("could not be decoded" in reason for reason in meta["dropped"][0].values())
-    one, _ = cache.read("one_frame")
+    one, _ = read_faces(cache, "one_frame")
     assert one["frame_index"].tolist() == [0]  # min_faces is capped at the frames there are
-    portrait, meta = cache.read("portrait")  # found only because frames are turned upright
+    portrait, meta = read_faces(cache, "portrait")  # found only because frames are turned upright
     assert meta["rotation"] == 270 and (meta["width"], meta["height"]) == (320, 400)
     assert portrait["boxes"][:, 2].max() <= 320 and portrait["boxes"][:, 3].max() <= 400
-    uhd, meta = cache.read("uhd")
+    uhd, meta = read_faces(cache, "uhd")
     assert (meta["width"], meta["height"]) == (3840, 2160) and len(uhd["frame_index"]) == 3
     assert uhd["boxes"][0, 0] > 1056 and uhd["boxes"][0, 2] - uhd["boxes"][0, 0] > 400  # in 4K pixels
 
@@ -193,6 +198,54 @@ def test_batch_records_bad_input_and_goes_on_then_skips_and_redoes(asset, tmp_pa
     _, forced = extract_faces(items[items.video_id == "good"], SHORT, faces, force=True,
                               cache_root=tmp_path / "cache", workers=1)
     assert forced.done == 1
+
+
+def test_stored_crops_are_the_extracted_crops_exactly(asset, tmp_path):
+    path = asset("single_face_video")
+    cache, _ = extract_faces([("good", path)], SHORT, FaceConfig(), cache_root=tmp_path, workers=1)
+    extracted = extract_video_faces(path, SHORT, FaceConfig()).tensors()
+    stored, _ = read_faces(cache, "good")
+    assert set(stored) == set(extracted) == ENTRY_KEYS
+    for name, array in extracted.items():
+        assert stored[name].dtype == array.dtype
+        np.testing.assert_array_equal(stored[name], array, err_msg=name)  # lossless: bit for bit
+    for row in (0, 5, len(extracted["crops"]) - 1):  # one crop read alone, as fine-tuning streams them
+        one = read_face_row(cache, "good", ("crops", "landmarks"), row)
+        np.testing.assert_array_equal(one["crops"], extracted["crops"][row])
+        np.testing.assert_array_equal(one["landmarks"], extracted["landmarks"][row])
+    assert cache.entry_path("good").stat().st_size < 0.5 * extracted["crops"].nbytes
+    assert set(read_faces(cache, "good", ["frame_index", "track"])[0]) == {"frame_index", "track"}
+
+
+def test_the_crops_storage_format_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    webp = faces_cache(SHORT, FaceConfig(), tmp_path)
+    monkeypatch.setattr(faces, "CROPS_CODEC", ImageCodec("PNG", "uint8", 3))
+    png = faces_cache(SHORT, FaceConfig(), tmp_path)
+    assert webp.key != png.key and webp.config["crops"]["format"] == "WEBP"
+
+
+def test_a_damaged_crop_fails_naming_the_item_and_the_crop(wolfgang, tmp_path):
+    cache = faces_cache(FramesConfig(frames_per_clip=32), FaceConfig(), tmp_path)
+    extracted = wolfgang.tensors()
+    entry = faces.encode_faces(extracted)
+    count = len(extracted["crops"])
+    start = entry["crops_offsets"][3]
+    damaged = entry["crops_bytes"].copy()
+    damaged[start:start + 16] = 0  # crop 3's RIFF/WebP header
+    cache.write("ffpp/Deepfakes/000_003", {**entry, "crops_bytes": damaged})
+    expected = rf"faces entry 'ffpp/Deepfakes/000_003' .*crops image 3 of {count}: cannot be decoded as WEBP"
+    with pytest.raises(ValueError, match=expected):
+        read_faces(cache, "ffpp/Deepfakes/000_003")
+    with pytest.raises(ValueError, match=expected):
+        read_face_row(cache, "ffpp/Deepfakes/000_003", ("crops",), 3)
+    intact = read_face_row(cache, "ffpp/Deepfakes/000_003", ("crops",), 4)["crops"]  # the damage stays local
+    np.testing.assert_array_equal(intact, extracted["crops"][4])
+
+    cache.write("truncated", {**entry, "crops_bytes": entry["crops_bytes"][:-100]})  # a short copy
+    with pytest.raises(ValueError, match=r"faces entry 'truncated' .*crops: offsets .* do not split"):
+        read_faces(cache, "truncated")
+    with pytest.raises(ValueError, match=rf"faces entry 'truncated' .*crops image {count - 1} of {count}"):
+        read_face_row(cache, "truncated", ("crops",), count - 1)
 
 
 def test_single_video_raises_clear_errors(asset):
@@ -228,7 +281,7 @@ def test_killed_run_resumes_without_corrupt_or_duplicate_entries(asset, tmp_path
     entries = sorted(p.name for p in cache.items_dir.glob("copy*.safetensors"))  # hidden temp files aside
     assert len(entries) == 6 and sorted(cache.done_items()) == [f"copy{i}" for i in range(6)]
     for i in range(6):
-        tensors, _ = cache.read(f"copy{i}")
+        tensors, _ = read_faces(cache, f"copy{i}")
         assert tensors["crops"].shape == (4, 224, 224, 3)
         assert cache.records()[f"copy{i}"]["status"] == OK
 

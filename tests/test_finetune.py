@@ -12,7 +12,7 @@ from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, write_index
 from megatron_utils.models.backbones import create_backbone
 from megatron_utils.preprocessing.batching import images_to_tensor
-from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
+from megatron_utils.preprocessing.faces import FaceConfig, extract_faces, read_faces
 from megatron_utils.preprocessing.frames import FramesConfig
 from megatron_utils.training.distributed import ONE_PROCESS
 from megatron_utils.training.finetune import (
@@ -61,7 +61,7 @@ def test_loader_streams_every_real_crop_once_with_its_pseudo_fake(faces, workers
     assert pixels.shape[1:] == (3, 64, 64) and pixels.min() >= 0 and pixels.max() <= 1
     assert all(global_size == len(targets) for _, targets, global_size in batches)
     crop, landmarks = read_crop(faces[1], train, 0)  # one crop, read alone, is the cached one
-    assert np.array_equal(crop, faces[1].read(train.item(0))[0]["crops"][train.row[0]])
+    assert np.array_equal(crop, read_faces(faces[1], train.item(0))[0]["crops"][train.row[0]])
     assert landmarks.shape == (68, 2)
     again = list(task.batches(0, torch.Generator().manual_seed(0), ONE_PROCESS))
     torch.testing.assert_close(again[0][0]["pixels"], pixels, rtol=0, atol=0)  # seeded per crop, any workers

@@ -1,4 +1,5 @@
-"""`megatron depth`, `megatron embed` and `megatron cache sizes`: the feature stages and cache usage."""
+"""`megatron depth`, `megatron embed`, `megatron cache sizes` and `megatron cache copy`: the feature stages,
+cache usage, and copying a finished stage cache to another root (e.g. Google Drive)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..core.cache import StageCache, StageReport, cache_sizes
+from ..core.cache import StageCache, StageReport, cache_sizes, copy_cache
 from ..models.backbones import AUTO, DEFAULT_DEPTH_MODEL, list_backbones
 
 if TYPE_CHECKING:
@@ -73,6 +74,13 @@ def _sizes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy(args: argparse.Namespace) -> int:
+    copied = copy_cache(args.folder, args.to)
+    print(f"{copied.stage}: {len(copied.done_items())} entries in {copied.dir} "
+          f"({copied.size_bytes() / 2**20:.1f} MiB)")
+    return 0
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -121,3 +129,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     sizes = cache_commands.add_parser("sizes", help="disk used by each stage/key folder")
     sizes.add_argument("--root", help="cache root (default: $MEGATRON_CACHE or ./cache)")
     sizes.set_defaults(handler=_sizes)
+    copy = cache_commands.add_parser("copy", help="copy a finished stage cache folder under another root, "
+                                     "resumably (entries first, then the manifests)")
+    copy.add_argument("folder", metavar="DIR", help="a stage cache folder <root>/<stage>/<key>")
+    copy.add_argument("--to", required=True, metavar="ROOT", help="the cache root to copy it under")
+    copy.set_defaults(handler=_copy)

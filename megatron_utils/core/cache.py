@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
+from tqdm import tqdm
 
 OK = "ok"
 # The preprocessing recipe, written by the embed stage beside its cache and copied into every checkpoint.
@@ -215,28 +217,25 @@ class StageCache:
             save_file(contiguous, str(tmp), metadata={"meta": json.dumps(metadata or {}, default=str)})
         self.record(item_id, OK, **record_info)
 
-    def read(self, item_id: str, names: Sequence[str] | None = None
-             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """An entry's tensors (only `names`, without reading the others, when given) and its metadata."""
+    @contextlib.contextmanager
+    def entry(self, item_id: str) -> Iterator[Any]:
+        """An entry's safetensors file, open for reading whole tensors or slices of them."""
+        from safetensors import safe_open
+
         path = self.entry_path(item_id)
         if not path.exists():
             raise FileNotFoundError(f"{self.stage} cache has no entry for {item_id!r} (expected {path})")
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as handle:
+            yield handle
+
+    def read(self, item_id: str, names: Sequence[str] | None = None
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """An entry's tensors (only `names`, without reading the others, when given) and its metadata."""
+        with self.entry(item_id) as handle:
             metadata = json.loads((handle.metadata() or {}).get("meta", "{}"))
-            if names is not None:
-                stored = set(handle.keys())
-                return {name: handle.get_tensor(name) for name in names if name in stored}, metadata
-        return load_file(str(path)), metadata
-
-    def read_row(self, item_id: str, names: Sequence[str], row: int) -> dict[str, np.ndarray]:
-        """Row `row` of each named tensor of an entry, reading nothing else: one crop of a video without
-        its other crops, so training streams from the cache instead of preloading it."""
-        from safetensors import safe_open
-
-        with safe_open(str(self.entry_path(item_id)), framework="numpy") as handle:
-            return {name: handle.get_slice(name)[row:row + 1][0] for name in names}
+            stored = set(handle.keys())
+            wanted = stored if names is None else [name for name in names if name in stored]
+            return {name: handle.get_tensor(name) for name in wanted}, metadata
 
     def done_items(self) -> list[str]:
         return [item for item, record in self.records().items() if self.status(item) == OK]
@@ -258,6 +257,32 @@ def cache_sizes(root: str | os.PathLike | None = None) -> dict[str, int]:
             p.stat().st_size for p in folder.rglob("*") if p.is_file()
         )
     return sizes
+
+
+def copy_cache(folder: str | os.PathLike, root: str | os.PathLike) -> StageCache:
+    """Copy the stage cache `folder` (`<root>/<stage>/<key>/`) under another cache `root`, e.g. from the
+    local disk to Google Drive when a stage is done, and return the copy.
+
+    Entries go first, each to a temporary name renamed when complete; the manifests follow, so the copy
+    lists only items whose entries have arrived. A copy cut short lists fewer items, never a broken one,
+    and calling again finishes it: entries already there with the same size and modification second are
+    skipped.
+    """
+    source = StageCache.open(folder)
+    target = StageCache(source.stage, source.config, root)
+    entries = [p for p in sorted(source.items_dir.glob("*.safetensors")) if not p.name.startswith(".")]
+    for path in tqdm(entries, desc=f"copy {source.stage}/{source.key}", unit="entry", disable=not entries):
+        copied = target.items_dir / path.name
+        mine, theirs = path.stat(), copied.stat() if copied.exists() else None
+        if theirs and (theirs.st_size, int(theirs.st_mtime)) == (mine.st_size, int(mine.st_mtime)):
+            continue
+        with atomic_path(copied) as tmp:
+            shutil.copy2(path, tmp)
+    target.manifest_dir.mkdir(exist_ok=True)
+    for manifest in sorted(source.manifest_dir.glob("*.jsonl")):
+        with atomic_path(target.manifest_dir / manifest.name) as tmp:
+            shutil.copy2(manifest, tmp)
+    return target
 
 
 @dataclass

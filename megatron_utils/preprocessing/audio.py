@@ -25,6 +25,7 @@ from ..core.extras import extra_imports
 from ..core.precision import resolve_device
 from ..models.audio import AudioEncoder, MelConfig, create_audio_encoder
 from .batching import done_upstream, run_batched_stage
+from .faces import read_faces
 from .video import Source, decode_audio
 
 NO_AUDIO = "none"
@@ -146,7 +147,7 @@ def compute_audio(faces_cache: StageCache, config: AudioConfig, force: bool = Fa
         return file_fingerprint(path) if path.exists() else "missing"
 
     def load(item_id: str) -> tuple[tuple[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        tensors, metadata = faces_cache.read(item_id, ["frame_index"])  # not the crops
+        tensors, metadata = read_faces(faces_cache, item_id, ["frame_index"])  # not the crops
         frame_index = tensors["frame_index"].astype(np.int32)
         fps = float(metadata.get("fps") or 0)
         samples = decode_audio(records[item_id]["path"], mel.sample_rate) if fps > 0 else None

@@ -2,8 +2,11 @@
 
 Crops from many videos share fixed-size batches; resizing and normalisation run as tensor ops on the
 model's device. Each map is min-max normalised per crop (Depth Anything predicts relative inverse
-depth, so near is bright) and stored as float16 [N, S, S] beside the faces entry's `frame_index`: float,
-not uint8, so the embeddings of cached maps equal those of the differentiable pixel path.
+depth, so near is bright), rounded to DEPTH_BITS = 11 bits and stored as one 16-bit PNG per map beside the
+faces entry's `frame_index`. 8 bits would band smooth depth into terraces whose edges the depth embedder
+sees (its embeddings move by ~13%, most of the change between neighbouring frames); 11 bits move them as
+little as the float16 maps stored before (~0.5%) at a seventh of the size (bench/bench_cache_size.py).
+`DepthEstimator` returns maps on the same grid, so what `predict` computes equals what was cached.
 Offline, `facemesh` renders the depth of MediaPipe's 3D face mesh fitted to each crop: real geometry
 from a real network, where Depth Anything's weights cannot be had.
 """
@@ -19,11 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from ..core.cache import StageCache, StageReport, file_fingerprint
+from ..core.image_codec import ImageCodec, decode_images, encode_images
 from ..core.precision import autocast, resolve_device, resolve_dtype
 from ..models.backbones import DEFAULT_DEPTH_MODEL, load_depth_model
 from .batching import done_upstream, prepare_pixels, run_batched_stage, to_unit_tensor
+from .faces import read_faces
 
 FACEMESH = "facemesh"  # the offline provider: depth rendered from MediaPipe's 468-point 3D face mesh
+DEPTH_BITS = 11  # the precision maps are stored (and returned) at: see the module docstring
+DEPTH_LEVELS = 2**DEPTH_BITS - 1
+DEPTH_CODEC = ImageCodec("PNG", "uint16", 1, (("compress_level", 6),))
 
 
 @dataclass
@@ -42,9 +50,10 @@ class DepthConfig:
 
 
 class DepthEstimator:
-    """Face crops in, depth maps out: uint8 [N, S, S, 3] -> float16 [N, output_size, output_size] in
-    [0, 1], near bright. `depth_maps` is the same computation on tensors, differentiable for network
-    providers, so the pixel path of `MegatronModel` matches the cached path."""
+    """Face crops in, depth maps out: uint8 [N, S, S, 3] -> float32 [N, output_size, output_size] in
+    [0, 1] on the stored grid (multiples of 1 / DEPTH_LEVELS), near bright. `depth_maps` is the same
+    computation on tensors before that rounding, differentiable for network providers, so the pixel path
+    of `MegatronModel` matches the cached path to half a grid step."""
 
     def __init__(self, config: DepthConfig):
         self.config = config
@@ -74,7 +83,7 @@ class DepthEstimator:
         dtype. Batch size and device do not, beyond float rounding."""
         return {"weights": self.fingerprint, "input_size": self.input_size,
                 "output_size": self.config.output_size, "dtype": str(self.dtype).removeprefix("torch."),
-                "format": "float16"}
+                "storage": {"bits": DEPTH_BITS, **DEPTH_CODEC.identity()}}
 
     def depth_maps(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] in [0, 1] -> [N, S, S] float32 in [0, 1], each map min-max normalised.
@@ -95,11 +104,12 @@ class DepthEstimator:
 
     @torch.inference_mode()
     def predict_batch(self, crops: np.ndarray) -> np.ndarray:
-        return self.depth_maps(to_unit_tensor(crops, self.device)).half().cpu().numpy()
+        maps = self.depth_maps(to_unit_tensor(crops, self.device))
+        return maps.mul(DEPTH_LEVELS).round_().div_(DEPTH_LEVELS).cpu().numpy()
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:
-            return np.zeros((0, self.config.output_size, self.config.output_size), np.float16)
+            return np.zeros((0, self.config.output_size, self.config.output_size), np.float32)
         step = self.config.batch_size
         return np.concatenate([self.predict_batch(crops[i:i + step]) for i in range(0, len(crops), step)])
 
@@ -122,7 +132,7 @@ def compute_depth(faces_cache: StageCache, depth_cfg: DepthConfig, force: bool =
         return file_fingerprint(path) if path.exists() else "missing"
 
     def load(item_id: str) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        tensors, _ = faces_cache.read(item_id)
+        tensors, _ = read_faces(faces_cache, item_id, ["crops", "frame_index"])
         crops = tensors["crops"]
         if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8 or len(crops) == 0:
             raise ValueError(f"faces entry {item_id!r} has crops {crops.dtype} {list(crops.shape)}, "
@@ -130,7 +140,7 @@ def compute_depth(faces_cache: StageCache, depth_cfg: DepthConfig, force: bool =
         return (crops,), tensors["frame_index"].astype(np.int32)
 
     def save(frame_index: np.ndarray, outputs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
-        return {"depth": outputs[0], "frame_index": frame_index}
+        return {**encode_depth(outputs[0]), "frame_index": frame_index}
 
     def infer(crops: np.ndarray) -> tuple[np.ndarray]:
         return (estimator.predict_batch(crops),)
@@ -138,3 +148,19 @@ def compute_depth(faces_cache: StageCache, depth_cfg: DepthConfig, force: bool =
     report = run_batched_stage(cache, items, fingerprint, load, infer, save, depth_cfg.batch_size, force,
                                weights=estimator.weights)
     return cache, report
+
+
+def encode_depth(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Maps float [N, S, S] in [0, 1] -> the stored stack `depth_bytes`, `depth_offsets`: DEPTH_BITS-bit
+    levels in 16-bit PNGs (exact for maps that `DepthEstimator` returns)."""
+    levels = np.rint(np.clip(maps, 0.0, 1.0) * DEPTH_LEVELS).astype(np.uint16)
+    return encode_images("depth", levels, DEPTH_CODEC)
+
+
+def read_depth(cache: StageCache, item_id: str) -> dict[str, np.ndarray]:
+    """A depth entry: `depth` float32 [N, S, S] in [0, 1] and `frame_index` int32 [N]; the one way to
+    read a depth cache. A map that cannot be decoded raises ValueError naming the item."""
+    tensors, _ = cache.read(item_id)
+    where = f"depth entry {item_id!r} ({cache.entry_path(item_id)})"
+    levels = decode_images("depth", tensors, DEPTH_CODEC, where)
+    return {"depth": levels.astype(np.float32) / DEPTH_LEVELS, "frame_index": tensors["frame_index"]}

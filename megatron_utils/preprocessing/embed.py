@@ -21,6 +21,8 @@ from ..core.cache import FAILED, StageCache, StageReport, file_fingerprint
 from ..core.precision import autocast, resolve_device, resolve_dtype
 from ..models.backbones import AUTO, Backbone, create_backbone
 from .batching import done_upstream, prepare_pixels, run_batched_stage, to_unit_tensor
+from .depth import read_depth
+from .faces import read_faces
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_c
     def read_upstream(item_id: str, name: str, stage: StageCache, faces: dict[str, np.ndarray]) -> np.ndarray:
         if stage.status(item_id) == FAILED:
             raise ValueError(f"{name} stage failed: {stage.records()[item_id].get('error')}")
-        tensors, _ = stage.read(item_id)
+        tensors = read_depth(stage, item_id) if name == "depth" else stage.read(item_id)[0]
         if len(tensors[name]) != len(faces["crops"]) or not np.array_equal(tensors["frame_index"],
                                                                             faces["frame_index"]):
             raise ValueError(f"{name} entry {list(tensors[name].shape)} does not match the faces entry "
@@ -156,7 +158,7 @@ def compute_embeddings(faces_cache: StageCache, depth_cache: StageCache, embed_c
         return tensors[name]
 
     def load(item_id: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-        faces, _ = faces_cache.read(item_id)
+        faces, _ = read_faces(faces_cache, item_id)
         crops = faces["crops"]
         if crops.ndim != 4 or crops.shape[-1] != 3 or len(crops) == 0:
             raise ValueError(f"faces entry has crops {list(crops.shape)}, expected [N>0, S, S, 3]")

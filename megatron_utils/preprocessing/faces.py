@@ -13,11 +13,11 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..core.cache import FAILED, StageCache, StageReport, file_fingerprint
+from ..core.image_codec import ImageCodec, decode_image_row, decode_images, encode_images, encoded_names
 from ..core.registry import Registry
 from ..core.threads import per_thread
 from .frames import FramesConfig, Media, SampledVideo, sample_video
@@ -42,6 +43,10 @@ MAX_TRACK_SCALE = 2.0
 
 # Bumped whenever a code change alters the crops for the same configuration, so old caches are not reused.
 FACES_VERSION = 3  # 3: 68-point landmarks per crop
+# Crops are stored losslessly, one WebP file per crop, a quarter of their raw size on FF++ c23 faces;
+# effort 2 of libwebp's 0-6 is within 2% of the default 4's size at a quarter of its time
+# (bench/bench_cache_size.py). Part of the cache key.
+CROPS_CODEC = ImageCodec("WEBP", "uint8", 3, (("lossless", True), ("method", 2), ("quality", 25)))
 
 
 class NoFaceError(MediaError):
@@ -319,7 +324,8 @@ class VideoFaces:
     still: bool = False  # a photo (a one-frame video file is refused or scored as a video)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """The `faces` cache entry: all tracks concatenated, `track` telling them apart."""
+        """All tracks concatenated, `track` telling them apart: the `faces` cache entry before
+        `encode_faces`."""
         def cat(name: str) -> np.ndarray:
             return np.concatenate([getattr(track, name) for track in self.tracks])
 
@@ -422,9 +428,53 @@ def track_faces(video: SampledVideo, face_config: FaceConfig, detector: FaceDete
 # Batch with the stage cache ---------------------------------------------------------------------------
 def faces_cache(frames_config: FramesConfig, face_config: FaceConfig,
                 cache_root: str | os.PathLike | None = None) -> StageCache:
-    """The `faces` stage cache; its key hashes both configs, since either changes the crops."""
+    """The `faces` stage cache; its key hashes both configs, since either changes the crops, and the
+    crops' storage format."""
     return StageCache("faces", {"frames": asdict(frames_config), "faces": asdict(face_config),
-                                "version": FACES_VERSION}, cache_root)
+                                "version": FACES_VERSION, "crops": CROPS_CODEC.identity()}, cache_root)
+
+
+def encode_faces(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A faces entry as stored: `crops` uint8 [N, S, S, 3] become the encoded stack `crops_bytes`,
+    `crops_offsets` (`core/image_codec.py`); the other tensors stay as they are."""
+    return {**{k: v for k, v in tensors.items() if k != "crops"},
+            **encode_images("crops", tensors["crops"], CROPS_CODEC)}
+
+
+def _entry_name(cache: StageCache, item_id: str) -> str:
+    return f"faces entry {item_id!r} ({cache.entry_path(item_id)})"
+
+
+def read_faces(cache: StageCache, item_id: str, names: Sequence[str] | None = None
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A faces entry (only `names` when given) with its crops decoded to uint8 [N, S, S, 3], and its
+    metadata: the one way to read a faces cache. A crop that cannot be decoded raises ValueError naming
+    the item."""
+    encoded = encoded_names("crops")
+    stored = None if names is None else [part for name in names
+                                         for part in (encoded if name == "crops" else (name,))]
+    tensors, metadata = cache.read(item_id, stored)
+    if names is None or "crops" in names:
+        crops = decode_images("crops", tensors, CROPS_CODEC, _entry_name(cache, item_id))
+        tensors = {"crops": crops, **{k: v for k, v in tensors.items() if k not in encoded}}
+    return tensors, metadata
+
+
+def read_face_row(cache: StageCache, item_id: str, names: Sequence[str], row: int) -> dict[str, np.ndarray]:
+    """Row `row` of each named tensor of a faces entry, reading nothing else: one crop of a video without
+    its other crops, so training streams from the cache instead of preloading it."""
+    with cache.entry(item_id) as handle:
+        return {name: decode_image_row(handle, name, CROPS_CODEC, row, _entry_name(cache, item_id))
+                if name == "crops" else handle.get_slice(name)[row:row + 1][0] for name in names}
+
+
+class _Extracted(NamedTuple):
+    """One video's faces entry, encoded where it was extracted (a worker process), and its counts."""
+
+    tensors: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+    tracks: int
+    frames_decoded: int
 
 
 _worker_detector: FaceDetector | None = None
@@ -437,12 +487,14 @@ def _init_worker(face_config: FaceConfig) -> None:
 
 
 def _extract_one(video_id: str, path: str, frames_config: FramesConfig, face_config: FaceConfig,
-                 detector: FaceDetector | None = None) -> tuple[str, VideoFaces | None, str | None, float]:
+                 detector: FaceDetector | None = None) -> tuple[str, _Extracted | None, str | None, float]:
     """Never raises: a failure comes back as its message, so one bad video cannot stop the batch."""
     start = time.perf_counter()
     try:
         result = extract_video_faces(path, frames_config, face_config, detector or _worker_detector)
-        return video_id, result, None, time.perf_counter() - start
+        extracted = _Extracted(encode_faces(result.tensors()), result.metadata(), len(result.tracks),
+                               result.frames_decoded)
+        return video_id, extracted, None, time.perf_counter() - start
     except MediaError as error:
         return video_id, None, str(error), time.perf_counter() - start
     except Exception as error:  # noqa: BLE001 - any other crash is recorded against this item only
@@ -499,15 +551,14 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     logger.info("faces: %d to extract, %d cached (%s, detector %s, fallback %s)", len(todo),
                 report.skipped + len(report.failures), cache.dir, face_config.detector, face_config.fallback)
 
-    def store(video_id: str, result: VideoFaces | None, error: str | None, seconds: float) -> None:
+    def store(video_id: str, result: _Extracted | None, error: str | None, seconds: float) -> None:
         path, fingerprint = paths[video_id]
         if result is None:
             cache.record(video_id, FAILED, error, fingerprint=fingerprint, seconds=seconds, path=path)
             report.failures[video_id] = error or ""
             return
-        tensors = result.tensors()
-        cache.write(video_id, tensors, result.metadata(), fingerprint=fingerprint, seconds=seconds,
-                    path=path, faces=len(tensors["frame_index"]), tracks=len(result.tracks))
+        cache.write(video_id, result.tensors, result.metadata, fingerprint=fingerprint, seconds=seconds,
+                    path=path, faces=len(result.tensors["frame_index"]), tracks=result.tracks)
         report.done += 1
         report.units += result.frames_decoded
 

@@ -33,6 +33,7 @@ from ..core.registry import Registry
 from ..inference.pixel_path import MegatronModel
 from ..models.checkpoint import load_decision
 from ..preprocessing.embed import to_clips
+from ..preprocessing.faces import read_faces
 from ..visualization.plots import plot_robustness
 from .evaluate import binary_metrics
 
@@ -148,7 +149,7 @@ def video_clips(faces: StageCache, embed: StageCache, video_id: str
     """(crops float [C, T, 3, S, S] in [0, 1], valid [C, T], audio stream [C, T, D] or None) of a video: its
     face crops laid out into clips by the embed stage's own `to_clips`, so clip c here is row c of its embed
     entry, whose audio stream (when it has one) comes along."""
-    detected, _ = faces.read(video_id)
+    detected, _ = read_faces(faces, video_id)
     crops = detected["crops"]
     clips = to_clips({"crops": crops.reshape(len(crops), -1)}, detected["clip_index"],
                      detected["frame_index"], int(embed.config["frames_per_clip"]), detected.get("track"))

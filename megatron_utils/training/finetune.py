@@ -52,6 +52,7 @@ from ..models.backbones import (
     load_finetuned_state,
 )
 from ..preprocessing.batching import prepare_pixels, to_unit_tensor
+from ..preprocessing.faces import read_face_row, read_faces
 from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
 from .loop import Batch, fit, log_to_file
@@ -131,7 +132,7 @@ def frame_refs(index: pd.DataFrame, faces_cache: StageCache, split: str | None, 
         if video_id not in done:
             skipped[video_id] = failures.get(video_id) or "not in the faces cache"
             continue
-        tensors, _ = faces_cache.read(video_id, ["track", "landmarks"])
+        tensors, _ = read_faces(faces_cache, video_id, ["track", "landmarks"])
         if "landmarks" not in tensors:
             raise ValueError(f"faces cache {faces_cache.dir} has no landmarks for {video_id}; run the faces "
                              f"stage again")
@@ -150,7 +151,7 @@ def frame_refs(index: pd.DataFrame, faces_cache: StageCache, split: str | None, 
 
 def read_crop(faces: StageCache, refs: FrameRefs, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """One crop uint8 [S, S, 3] and its landmarks float32 [68, 2], read alone from the cache."""
-    tensors = faces.read_row(refs.item(crop), ("crops", "landmarks"), int(refs.row[crop]))
+    tensors = read_face_row(faces, refs.item(crop), ("crops", "landmarks"), int(refs.row[crop]))
     return tensors["crops"], tensors["landmarks"].astype(np.float32)
 
 

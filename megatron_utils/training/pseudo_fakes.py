@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..core.cache import FAILED, OK, StageCache, stable_hash
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
+from ..preprocessing.faces import read_faces
 from ..preprocessing.preprocess import PreprocessConfig
 from .sbi import SBIConfig, self_blend
 
@@ -68,7 +69,7 @@ def add_pseudo_fakes(index: pd.DataFrame, embed_dir: str | os.PathLike,
         for video_id in tqdm(todo, desc="pseudo-fake twins", unit="video"):
             item = f"{prefix}/{video_id}"
             try:
-                entry, _ = faces.read(video_id)
+                entry, _ = read_faces(faces, video_id)
                 video_seed = [seed, int(stable_hash(video_id, 8), 16)]
                 blended = blend_clips(entry["crops"], entry["landmarks"], entry["clip_index"], video_seed,
                                       config)

@@ -18,6 +18,8 @@ from matplotlib.lines import Line2D
 
 from ..core.cache import FAILED, OK, StageCache, cache_root, cache_sizes
 from ..inference.results import Prediction
+from ..preprocessing.depth import read_depth
+from ..preprocessing.faces import read_faces
 from ..preprocessing.video import is_image, probe, read_frames, read_image
 
 LABEL_COLOURS = {"real": "#2b7bba", "fake": "#d7301f"}
@@ -84,7 +86,7 @@ def face_grid(faces: StageCache, table: pd.DataFrame, per_method: int = 2, frame
     figure = Figure(figsize=(1.3 * frames + 1.4, 1.35 * len(rows)), dpi=100, layout="constrained")
     grid = figure.subplots(len(rows), frames, squeeze=False)
     for axes_row, (_, row) in zip(grid, rows.iterrows(), strict=True):
-        entry, _ = faces.read(row["video_id"])
+        entry, _ = read_faces(faces, row["video_id"], ["crops", "frame_index", "detected"])
         chosen = _spread_in_time(entry["frame_index"], frames)
         for column, axes in enumerate(axes_row):
             axes.set_xticks([])
@@ -111,15 +113,15 @@ def depth_grid(faces: StageCache, depth: StageCache, table: pd.DataFrame, per_me
     figure = Figure(figsize=(2.5 * frames + 1.4, 1.35 * len(rows)), dpi=100, layout="constrained")
     grid = figure.subplots(len(rows), 2 * frames, squeeze=False)
     for axes_row, (_, row) in zip(grid, rows.iterrows(), strict=True):
-        crops, _ = faces.read(row["video_id"])
-        maps, _ = depth.read(row["video_id"])
+        crops, _ = read_faces(faces, row["video_id"], ["crops"])
+        maps = read_depth(depth, row["video_id"])
         chosen = _spread_in_time(maps["frame_index"], frames)
         for axes in axes_row:
             axes.set_axis_off()
         for column, k in enumerate(chosen):
             crop_axes, depth_axes = axes_row[2 * column], axes_row[2 * column + 1]
             crop_axes.imshow(crops["crops"][k])
-            depth_axes.imshow(maps["depth"][k], cmap="inferno", vmin=0, vmax=255)
+            depth_axes.imshow(maps["depth"][k], cmap="inferno", vmin=0, vmax=1)
             crop_axes.set_title(f"frame {maps['frame_index'][k]}", fontsize=7, pad=2)
             depth_axes.set_title("depth", fontsize=7, pad=2)
         axes_row[0].set_axis_on()
