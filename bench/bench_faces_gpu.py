@@ -8,7 +8,7 @@ Frames: T = 32 sampled uniformly from each of three real face videos (the Wolfga
 crops and landmarks excluded), each setting the best of `--repeats` passes after one warm-up batch. On the
 CPU each detector gets one core (torch and OpenCV at one thread), as in the faces stage's pool workers.
 `--stage` also times the whole faces stage (`extract_faces`: decoding, detection, crops, landmarks, cache
-writes) per detector, with the pool's default workers.
+writes) per detector, with the pool's default workers, and decoding alone on one core.
 
     python bench/bench_faces_gpu.py [--repeats 3] [--stage]
 
@@ -98,11 +98,17 @@ def settings(device: str) -> list[tuple[str, int, Callable[[list[np.ndarray]], l
 
 
 def stage_rows(videos: list[Path], devices: list[str]) -> list[dict[str, object]]:
-    """The whole faces stage per detector: decoding, detection, crops, landmarks, cache writes."""
+    """The whole faces stage per detector (decoding, detection, crops, landmarks, cache writes), after
+    decoding alone on one core: the part no detector can speed up."""
+    started = time.perf_counter()
+    decoded = sum(len(list(sample_video(video, FRAMES).frames())) for video in videos)
+    seconds = time.perf_counter() - started
+    rows: list[dict[str, object]] = [{"stage": "decode only (one core)", "videos": len(videos),
+                                      "frames": decoded, "seconds": seconds, "frames/s": decoded / seconds,
+                                      "failures": 0}]
     configs = [("dlib_hog", FaceConfig(fallback=None))]
     configs += [(f"mtcnn on {device}", FaceConfig(detector="mtcnn", device=device, fallback=None))
                 for device in devices]
-    rows = []
     for name, config in configs:
         with tempfile.TemporaryDirectory() as root:
             items = [(video.stem, str(video)) for video in videos]

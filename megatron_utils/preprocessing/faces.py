@@ -6,14 +6,16 @@ pool and stores one `faces` cache entry per video. A frame with no detection bor
 detected frames of the same person (at most `max_gap` frames away) instead of losing the clip; frames that
 cannot be filled are dropped and their reason is recorded.
 
-A batch detector (MTCNN, `detectors.py`) runs on `FaceConfig.device` and takes a video's sampled frames
-`DETECT_BATCH` at a time. It runs inside the same spawned pool workers as the CPU detectors: each worker
-decodes a video, detects its frames in one batch (its own CUDA context; spawned, so CUDA never meets a
-fork) and fits landmarks, so decoding and landmarks stay parallel on the CPU cores while the GPU serves
-the workers' batches in turn. Batching across videos instead would ship full frames between processes,
-and decoding a video costs its CPU core far longer than detecting its frames costs the GPU.
-`detector="auto"` resolves before the cache key (`resolve_face_config`): the batch detector on the GPU where
-CUDA is, dlib HOG on the CPU without; the run logs the choice and the key records it.
+A batch detector (MTCNN, `detectors.py`) runs on `FaceConfig.device` and, on a GPU, takes a video's
+sampled frames `DETECT_BATCH` at a time. It runs inside the same spawned pool workers as the CPU
+detectors: each worker decodes a video, detects its frames in one batch (its own CUDA context; spawned,
+so CUDA never meets a fork) and fits landmarks, so decoding and landmarks stay parallel on the CPU cores
+while the GPU serves the workers' batches in turn. Batching across videos instead would ship full frames
+between processes to speed up what is not the bottleneck: decoding the 32 frames of a 480p-1080p video
+costs a core 0.6-4.4 s (`bench/bench_faces_gpu.py --stage`), whichever detector runs.
+
+`detector="auto"` resolves before the cache key (`resolve_face_config`): the batch detector on the GPU
+where CUDA is, dlib HOG on the CPU without; the run logs the choice and the key records it.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ AUTO = "auto"
 # What `detector="auto"` becomes on each device type: MTCNN in batches where there is a GPU (dlib HOG runs
 # 9-25 frames/s on a CPU core, so FF++'s 160k sampled frames would take hours while the GPU idles).
 AUTO_DETECTORS = {"cuda": "mtcnn", "cpu": "dlib_hog"}
-# Frames a batch detector takes at once: a video's 32 sampled frames at the FF++ recipe. It bounds the
-# full-size frames a worker holds; the per-frame detectors hold one.
+# Frames a batch detector takes at once on a GPU: a video's 32 sampled frames at the FF++ recipe. It bounds
+# the full-size frames a worker holds (200 MB at 1080p); the CPU detectors hold one.
 DETECT_BATCH = 32
 
 
@@ -229,8 +231,10 @@ class FaceDetector:
         self.config = resolved_here(config)
         names = [self.config.detector] + ([self.config.fallback] if self.config.fallback else [])
         self.detectors = {name: create_detector(name, self.config) for name in dict.fromkeys(names)}
-        # frames worth handing over at once (and holding in memory until they are cropped)
-        self.batch_size = DETECT_BATCH if self.config.detector in BATCH_DETECTORS else 1
+        # Frames handed over at once, and held in memory until they are cropped: a batch on a GPU; on the CPU
+        # a batch is no faster (bench/bench_faces_gpu.py), so one frame, as for the per-frame detectors.
+        on_gpu = self.config.detector in BATCH_DETECTORS and self.config.device != "cpu"
+        self.batch_size = DETECT_BATCH if on_gpu else 1
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Boxes [K, 4] in `frame` pixels, scores [K], and the name of the detector that found them."""
