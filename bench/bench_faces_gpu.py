@@ -10,7 +10,7 @@ CPU each detector gets one core (torch and OpenCV at one thread), as in the face
 `--stage` also times the whole faces stage (`extract_faces`: decoding, detection, crops, landmarks, cache
 writes) per detector, with the pool's default workers, and decoding alone on one core.
 
-    python bench/bench_faces_gpu.py [--repeats 3] [--stage]
+    python bench/bench_faces_gpu.py [--repeats 3] [--stage [--copies 1]]
 
 Writes bench/results/faces_gpu.json.
 """
@@ -97,7 +97,7 @@ def settings(device: str) -> list[tuple[str, int, Callable[[list[np.ndarray]], l
     return rows
 
 
-def stage_rows(videos: list[Path], devices: list[str]) -> list[dict[str, object]]:
+def stage_rows(videos: list[Path], devices: list[str], copies: int) -> list[dict[str, object]]:
     """The whole faces stage per detector (decoding, detection, crops, landmarks, cache writes), after
     decoding alone on one core: the part no detector can speed up."""
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def stage_rows(videos: list[Path], devices: list[str]) -> list[dict[str, object]
                 for device in devices]
     for name, config in configs:
         with tempfile.TemporaryDirectory() as root:
-            items = [(video.stem, str(video)) for video in videos]
+            items = [(f"{video.stem}-{copy}", str(video)) for video in videos for copy in range(copies)]
             started = time.perf_counter()
             _, report = extract_faces(items, FRAMES, config, cache_root=root)
             seconds = time.perf_counter() - started
@@ -125,6 +125,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stage", action="store_true", help="also time the whole faces stage")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="--stage: each video this many times, so every core has videos to work on")
     args = parser.parse_args()
     videos = [bench_video(width, height) for width, height in SIZES]
     frames = detection_frames(videos, FaceConfig().detect_max_side)
@@ -147,7 +149,7 @@ def main() -> None:
                       f"frames at 640 px; CPU: one core per detector; {gpu})")
     payload: dict[str, object] = {"videos": [str(video) for video in videos], "rows": rows}
     if args.stage:
-        payload["stage"] = stage_rows(videos, devices)
+        payload["stage"] = stage_rows(videos, devices, args.copies)
         print_table(payload["stage"], "the whole faces stage (decode, detect, crop, landmarks; all cores)")
     write_results("faces_gpu", payload)
 
