@@ -636,7 +636,7 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     workers = (os.cpu_count() or 1) if workers is None else workers
     progress = tqdm(total=len(todo), desc="faces", unit="video", disable=not todo)
     if workers <= 1 or len(todo) <= 1:
-        detector = FaceDetector(face_config)
+        detector = FaceDetector(face_config) if todo else None  # a GPU detector only where there is work
         for video_id, path, _ in todo:
             store(*_extract_one(video_id, path, frames_config, face_config, detector))
             progress.update()
