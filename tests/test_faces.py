@@ -1,8 +1,10 @@
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ from megatron_utils.core.cache import OK
 from megatron_utils.core.image_codec import ImageCodec
 from megatron_utils.preprocessing import faces
 from megatron_utils.preprocessing.faces import (
+    BATCH_DETECTORS,
     FaceConfig,
     FaceDetector,
     NoFaceError,
@@ -27,10 +30,13 @@ from megatron_utils.preprocessing.faces import (
     list_detectors,
     read_face_row,
     read_faces,
+    resolve_face_config,
     square_crop,
+    track_faces,
 )
-from megatron_utils.preprocessing.frames import FramesConfig, sample_indices
+from megatron_utils.preprocessing.frames import FramesConfig, sample_indices, sample_video
 from megatron_utils.preprocessing.video import iter_frames, read_image, write_mp4
+from megatron_utils.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = FramesConfig(frames_per_clip=8)
@@ -49,9 +55,40 @@ def wolfgang(asset):
 
 
 def test_detectors_are_registered():
-    assert {"dlib_hog", "opencv_haar"} <= set(list_detectors())
+    assert {"dlib_hog", "opencv_haar", "mtcnn", "blazeface"} <= set(list_detectors())
+    assert {"mtcnn"} == BATCH_DETECTORS
+    assert FaceConfig(detector="auto").detector == "auto"
     with pytest.raises(ValueError, match="unknown face detector"):
         FaceConfig(detector="nope")
+
+
+def test_auto_detector_and_device_are_a_function_of_the_machine_s_device(tmp_path):
+    def chosen(config: FaceConfig, machine: str) -> tuple[str, str]:
+        resolved = resolve_face_config(config, machine)
+        return resolved.detector, resolved.device
+
+    auto = FaceConfig(detector="auto", device="auto")
+    assert chosen(auto, "cuda") == ("mtcnn", "cuda") and chosen(auto, "cpu") == ("dlib_hog", "cpu")
+    assert chosen(replace(auto, device="cpu"), "cuda") == ("dlib_hog", "cpu")  # the CPU was asked for
+    assert chosen(replace(auto, device="cuda:1"), "cpu") == ("mtcnn", "cuda:1")
+    assert chosen(FaceConfig(detector="mtcnn"), "cuda") == ("mtcnn", "cuda")
+    assert chosen(FaceConfig(detector="mtcnn"), "cpu") == ("mtcnn", "cpu")
+    assert chosen(FaceConfig(), "cuda") == ("dlib_hog", "cpu")  # dlib runs on the CPU wherever it is
+    with pytest.raises(ValueError, match="dlib_hog.*CPU only.*mtcnn"):
+        resolve_face_config(FaceConfig(device="cuda"), "cuda")
+    for machine in ("cuda", "cpu"):  # resolving twice changes nothing, so workers may resolve again
+        once = resolve_face_config(auto, machine)
+        assert resolve_face_config(once, "cpu" if machine == "cuda" else "cuda") == once
+    # The FF++ recipe asks for exactly this; this machine has no GPU, so its cache key says dlib_hog on cpu.
+    recipe = load_recipe("ffpp-c23").preprocess
+    assert (recipe.faces.detector, recipe.faces.device) == ("auto", "auto")
+    cache = faces_cache(recipe.frames, recipe.faces, cache_root=tmp_path)
+    saved = json.loads((cache.dir / "config.json").read_text())["config"]["faces"]
+    assert (saved["detector"], saved["device"]) == ("dlib_hog", "cpu")
+    assert cache.key == faces_cache(recipe.frames, replace(recipe.faces, detector="dlib_hog", device="cpu"),
+                                    cache_root=tmp_path).key
+    assert cache.key != faces_cache(recipe.frames, replace(recipe.faces, detector="mtcnn"),
+                                    cache_root=tmp_path).key
 
 
 def test_real_video_faces_found_plausible_and_smooth(wolfgang):
@@ -315,21 +352,23 @@ def test_dlib_detection_does_not_depend_on_the_memory_layout_of_the_frame(asset)
     np.testing.assert_allclose(scores, expected_scores)
 
 
-def test_threads_sharing_one_detector_find_what_one_thread_finds(asset):
+@pytest.mark.parametrize("name", ["dlib_hog", "mtcnn"])
+def test_threads_sharing_one_detector_find_what_one_thread_finds(name, asset):
     # `megatron serve` runs several jobs on one loaded pipeline; dlib's detector and OpenCV's cascade crash
-    # or corrupt when two threads use one instance, so each thread gets its own.
+    # or corrupt when two threads use one instance, so each thread gets its own; MTCNN's torch modules
+    # keep no state between calls, so the threads share one.
     from concurrent.futures import ThreadPoolExecutor
 
-    detector = FaceDetector(FaceConfig(fallback="opencv_haar"))
+    detector = FaceDetector(FaceConfig(detector=name, fallback="opencv_haar"))
     images = [read_image(asset(name)) for name in ("obama", "biden", "pyfeat_multi_face", "einstein")]
     images.append(np.full_like(images[0], 128))  # no face: the Haar fallback runs too
     expected = [detector(image) for image in images]
     with ThreadPoolExecutor(4) as pool:
         found = list(pool.map(detector, images * 4))
-    for (boxes, scores, name), (want_boxes, want_scores, want_name) in zip(found, expected * 4, strict=True):
-        np.testing.assert_array_equal(boxes, want_boxes)
-        np.testing.assert_array_equal(scores, want_scores)
-        assert name == want_name
+    for (boxes, scores, by), (want_boxes, want_scores, want_by) in zip(found, expected * 4, strict=True):
+        np.testing.assert_allclose(boxes, want_boxes, atol=1e-3)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+        assert by == want_by
 
 
 @pytest.mark.parametrize("name", ["mtcnn", "blazeface"])
@@ -364,8 +403,80 @@ def test_blazeface_decoding_pieces():
     np.testing.assert_allclose(scores, [0.9, 0.8])
 
 
-def test_a_video_tracked_with_the_mtcnn_detector(asset):
+def test_a_video_tracked_with_the_mtcnn_detector_through_the_stage(asset, tmp_path, one_torch_thread):
+    frames, path = FramesConfig(frames_per_clip=8), asset("single_face_video")
     config = FaceConfig(detector="mtcnn", fallback=None, crop_size=64)
-    result = extract_video_faces(asset("single_face_video"), FramesConfig(frames_per_clip=8), config)
-    assert len(result.tracks) == 1 and len(result.tracks[0]) >= 6
-    assert result.tracks[0].crops.shape[1:] == (64, 64, 3)
+    cache, report = extract_faces([("video", path)], frames, config, cache_root=tmp_path, workers=1)
+    assert report.done == 1 and not report.failures
+    saved = json.loads((cache.dir / "config.json").read_text())["config"]["faces"]
+    assert (saved["detector"], saved["device"]) == ("mtcnn", "cpu")  # the key names what ran, and where
+    tensors, meta = read_faces(cache, "video")
+    assert meta["detectors_used"] == {"mtcnn": 8} and tensors["crops"].shape == (8, 64, 64, 3)
+    (hog,) = extract_video_faces(path, frames, FaceConfig(fallback=None, crop_size=64)).tracks
+    assert hog.frame_index.tolist() == tensors["frame_index"].tolist()
+    # dlib's box convention, so crops from either detector show the face at one scale
+    assert min(iou(a, b) for a, b in zip(tensors["boxes"], hog.boxes, strict=True)) > 0.6
+
+
+def test_a_video_detected_in_batches_is_tracked_as_frame_by_frame(asset, one_torch_thread):
+    # On a GPU the batch detector takes 32 frames at a time; batches of 3 over 8 frames (the last one
+    # short) walk the same path here, where the CPU takes one frame at a time.
+    video = sample_video(asset("single_face_video"), FramesConfig(frames_per_clip=8))
+    config = FaceConfig(detector="mtcnn", crop_size=64)
+    one_by_one, batched = FaceDetector(config), FaceDetector(config)
+    batched.batch_size = 3
+    (expected,) = track_faces(video, config, one_by_one).tracks
+    (track,) = track_faces(video, config, batched).tracks
+    assert track.frame_index.tolist() == expected.frame_index.tolist() and len(track) == 8
+    np.testing.assert_allclose(track.boxes, expected.boxes, atol=1e-2)
+    assert np.abs(track.crops.astype(int) - expected.crops).max() <= 1
+
+
+def matched(found: np.ndarray, expected: np.ndarray) -> float:
+    """The lowest IoU of each expected box with its best match among `found` (1 when both are empty)."""
+    assert len(found) == len(expected)
+    return min((max(iou(want, box) for box in found) for want in expected), default=1.0)
+
+
+@pytest.fixture(scope="module")
+def wolfgang_frames(asset):
+    """Six frames of a real video, at the detection size (640 x 360)."""
+    return [frame for _, frame in iter_frames(asset("wolfgang_langer"), range(0, 472, 80))]
+
+
+def test_batched_mtcnn_finds_the_faces_facenet_finds_frame_by_frame(asset, wolfgang_frames, one_torch_thread):
+    import torch
+    from facenet_pytorch import MTCNN
+
+    from megatron_utils.preprocessing.detectors import MTCNN_MIN_FACE, mtcnn_detect
+
+    library = MTCNN(keep_all=True, min_face_size=MTCNN_MIN_FACE).eval()
+    group = read_image(asset("pyfeat_multi_face"))
+    for batch in (wolfgang_frames, [group]):
+        with torch.inference_mode():
+            found = mtcnn_detect(library, torch.from_numpy(np.stack(batch)))
+        for image, (boxes, scores) in zip(batch, found, strict=True):
+            expected, expected_scores = library.detect(image)  # the library, one frame at a time
+            assert len(expected) >= 1 and matched(boxes, expected) > 0.99
+            expected_scores = np.asarray(expected_scores, np.float32)
+            np.testing.assert_allclose(np.sort(scores), np.sort(expected_scores), atol=1e-4)
+    assert len(found[0][0]) >= 4  # every face of the group photo
+
+
+def test_mtcnn_batches_match_its_frames_and_mixed_sizes_are_grouped(asset, wolfgang_frames, one_torch_thread):
+    detect = create_detector("mtcnn", FaceConfig())
+    one_by_one = [detect(frame) for frame in wolfgang_frames]
+    for (boxes, scores), (expected, expected_scores) in zip(detect.batch(wolfgang_frames), one_by_one,
+                                                           strict=True):
+        assert len(boxes) == 1 and matched(boxes, expected) > 0.99
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    photo = read_image(asset("grace_hopper"))  # 512 x 512
+    with pytest.raises(ValueError, match="images of one size.*groups frames by size"):
+        detect.batch([wolfgang_frames[0], photo])
+    # FaceDetector hands the detector each size's frames together and keeps their order.
+    detector = FaceDetector(FaceConfig(detector="mtcnn", fallback=None))
+    assert detector.batch_size == 1  # on the CPU, where a batch is no faster; 32 on a GPU
+    frames = [wolfgang_frames[0], photo, wolfgang_frames[1]]
+    for (boxes, _, name), frame in zip(detector.detect_frames(frames), frames, strict=True):
+        expected, _, _ = detector(frame)
+        assert name == "mtcnn" and matched(boxes, expected) > 0.99

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..preprocessing.faces import FaceConfig, extract_faces, list_detectors
+from ..preprocessing.faces import AUTO, FaceConfig, extract_faces, list_detectors
 from ..preprocessing.frames import SAMPLINGS, FramesConfig
 
 INDEX_SUFFIXES = {".csv", ".parquet"}
@@ -21,7 +21,10 @@ def add_face_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=defaults_frames.clips_per_video, help="clips per video")
     parser.add_argument("--stride", type=int, default=defaults_frames.stride,
                         help="consecutive sampling: step between frames of a clip")
-    parser.add_argument("--detector", choices=list_detectors(), default=defaults_faces.detector)
+    parser.add_argument("--detector", choices=[AUTO, *list_detectors()], default=defaults_faces.detector,
+                        help="auto: batched MTCNN on the GPU where CUDA is, dlib_hog without")
+    parser.add_argument("--face-device", default=defaults_faces.device,
+                        help="where a batch detector (mtcnn) runs: auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--fallback", choices=[*list_detectors(), "none"], default=defaults_faces.fallback,
                         help="detector tried where the first finds nothing ('none' to disable)")
     parser.add_argument("--upsample", type=int, default=defaults_faces.upsample, help="dlib upsampling")
@@ -38,7 +41,7 @@ def face_configs(args: argparse.Namespace) -> tuple[FramesConfig, FaceConfig]:
     fallback = None if args.fallback == "none" else args.fallback
     face_config = FaceConfig(detector=args.detector, fallback=fallback, upsample=args.upsample,
                              margin=args.margin, crop_size=args.crop_size,
-                             min_faces=args.min_faces, track=args.track)
+                             min_faces=args.min_faces, track=args.track, device=args.face_device)
     return frames_config, face_config
 
 

@@ -48,7 +48,7 @@ from ..models.heads import TemporalHead, load_head
 from ..preprocessing.audio import AudioEmbedder
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
-from ..preprocessing.faces import FaceDetector, VideoFaces, track_faces
+from ..preprocessing.faces import AUTO, FaceDetector, VideoFaces, resolve_face_config, track_faces
 from ..preprocessing.frames import FramesConfig, Media, media_name, media_source, sample_video
 from ..preprocessing.preprocess import PreprocessConfig
 from ..preprocessing.video import Encoded, MediaError
@@ -160,7 +160,9 @@ class Detector:
                      for stream, key in (("rgb", "rgb"), ("depth", "depth_backbone"))}
         preprocessing = replace(
             preprocessing,
-            faces=replace(preprocessing.faces, track="all"),
+            # the run's detector ("auto" resolved by the device given here), on this device where it can
+            faces=resolve_face_config(replace(preprocessing.faces, track="all", device=AUTO),
+                                      str(torch_device)),
             depth=replace(preprocessing.depth, model=depth_model or preprocessing.depth.model,
                           device=str(torch_device), **batch),
             embed=replace(embed, **backbones, rgb_weights=rgb_weights or embed.rgb_weights,

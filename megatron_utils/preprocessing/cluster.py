@@ -16,12 +16,14 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core.extras import extra_imports
+from .faces import resolve_face_config
 from .preprocess import LoadedModels, PreprocessConfig, PreprocessResult, item_pairs, preprocess
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ def preprocess_on_ray(items: pd.DataFrame | Iterable[tuple[str, str | os.PathLik
     gpus = resources.get("GPU", 0) if gpus_per_actor is None else gpus_per_actor
     per_actor = 1.0 if gpus and gpus_per_actor is None else float(gpus_per_actor or 0)
     actors = actors or max(1, int(gpus) if per_actor else int(resources.get("CPU", 1)))
+    # "auto" means the GPU where the actors get one, decided here (not on each node), so every actor and the
+    # driver's final pass use one detector and one faces cache key.
+    config = replace(config, faces=resolve_face_config(config.faces, "cuda" if per_actor else "cpu"))
     shard_size = shard_size or max(1, math.ceil(len(pairs) / (4 * actors)))
     shards = [pairs[start:start + shard_size] for start in range(0, len(pairs), shard_size)]
     log.info("preprocessing %d videos on Ray (%s): %d actors, %d shards of up to %d videos, cache %s",

@@ -5,19 +5,31 @@ half, `track_faces`, on media it has sampled itself. `extract_faces` runs it ove
 pool and stores one `faces` cache entry per video. A frame with no detection borrows its box from the nearest
 detected frames of the same person (at most `max_gap` frames away) instead of losing the clip; frames that
 cannot be filled are dropped and their reason is recorded.
+
+A batch detector (MTCNN, `detectors.py`) runs on `FaceConfig.device` and, on a GPU, takes a video's
+sampled frames `DETECT_BATCH` at a time. It runs inside the same spawned pool workers as the CPU
+detectors: each worker decodes a video, detects its frames in one batch (its own CUDA context; spawned,
+so CUDA never meets a fork) and fits landmarks, so decoding and landmarks stay parallel on the CPU cores
+while the GPU serves the workers' batches in turn. Batching across videos instead would ship full frames
+between processes to speed up what is not the bottleneck: decoding the 32 frames of a 480p-1080p video
+costs a core 0.6-4.4 s (`bench/bench_faces_gpu.py --stage`), whichever detector runs.
+
+`detector="auto"` resolves before the cache key (`resolve_face_config`): the batch detector on the GPU
+where CUDA is, dlib HOG on the CPU without; the run logs the choice and the key records it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NamedTuple, TypeVar
 
 import cv2
 import numpy as np
@@ -33,6 +45,7 @@ from .landmarks import fit_landmarks
 from .video import MediaError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRACK_MODES = ("largest", "all")
 # A detection continues a track when its centre lies within this many box sides of the track's last
@@ -53,9 +66,18 @@ class NoFaceError(MediaError):
     """A video or image in which too few sampled frames show a usable face."""
 
 
+AUTO = "auto"
+# What `detector="auto"` becomes on each device type: MTCNN in batches where there is a GPU (dlib HOG runs
+# 9-25 frames/s on a CPU core, so FF++'s 160k sampled frames would take hours while the GPU idles).
+AUTO_DETECTORS = {"cuda": "mtcnn", "cpu": "dlib_hog"}
+# Frames a batch detector takes at once on a GPU: a video's 32 sampled frames at the FF++ recipe. It bounds
+# the full-size frames a worker holds (200 MB at 1080p); the CPU detectors hold one.
+DETECT_BATCH = 32
+
+
 @dataclass
 class FaceConfig:
-    detector: str = "dlib_hog"
+    detector: str = "dlib_hog"  # a registered detector, or "auto" (resolve_face_config)
     fallback: str | None = "opencv_haar"  # tried on frames where `detector` finds nothing
     detect_max_side: int = 640  # frames are shrunk to this longer side for detection; boxes map back
     upsample: int = 1  # dlib: most image doublings before HOG (1 finds faces down to ~40 px at detect size)
@@ -64,25 +86,78 @@ class FaceConfig:
     min_faces: int = 8  # usable face frames a video needs (capped at the number of sampled frames)
     max_gap: int = 30  # frames (original numbering) a detection may lie away to fill a missing box
     track: str = "largest"  # "largest": one person per video; "all": every tracked person
+    device: str = AUTO  # where a batch detector runs (auto: cuda where there is one); the others use the CPU
 
     def __post_init__(self) -> None:
         if self.track not in TRACK_MODES:
             raise ValueError(f"track must be one of {TRACK_MODES}, got {self.track!r}")
-        for name in filter(None, (self.detector, self.fallback)):
+        for name in filter(None, (self.detector if self.detector != AUTO else None, self.fallback)):
             DETECTORS.entry(name)  # an unknown name fails here, with the known ones
 
 
 # Face detector registry -------------------------------------------------------------------------------
 # A detector maps an RGB uint8 image to boxes float32 [K, 4] (x0, y0, x1, y1) and scores float32 [K]; each
-# entry is a factory `fn(FaceConfig) -> DetectFn`, registered under its function name (timm style).
-DetectFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# entry is a factory `fn(FaceConfig) -> DetectFn`, registered under its function name (timm style). A batch
+# detector's factory gives a `BatchDetector`: a DetectFn that also takes equal-size images at once.
+Found = tuple[np.ndarray, np.ndarray]
+DetectFn = Callable[[np.ndarray], Found]
 DETECTORS: Registry[Callable[[FaceConfig], DetectFn]] = Registry("face detector")
 register_detector = DETECTORS.register
 list_detectors = DETECTORS.names
+BATCH_DETECTORS: set[str] = set()  # run on `FaceConfig.device`, `DETECT_BATCH` frames at a time
+
+
+def register_batch_detector(factory: Callable[[FaceConfig], BatchDetector]
+                            ) -> Callable[[FaceConfig], BatchDetector]:
+    BATCH_DETECTORS.add(factory.__name__)
+    return register_detector(factory)
+
+
+class BatchDetector:
+    """`detect_batch` maps equal-size RGB uint8 images [B, H, W, 3] to one (boxes, scores) pair per image in
+    one pass on its device; called with one image, it is a DetectFn like the others."""
+
+    def __init__(self, detect_batch: Callable[[np.ndarray], list[Found]]):
+        self.detect_batch = detect_batch
+
+    def __call__(self, image: np.ndarray) -> Found:
+        return self.batch([image])[0]
+
+    def batch(self, images: np.ndarray | Sequence[np.ndarray]) -> list[Found]:
+        sizes = sorted({image.shape for image in images})
+        if len(sizes) > 1:
+            raise ValueError(f"a detector batch needs images of one size, got {sizes}; "
+                             f"FaceDetector.detect_frames groups frames by size")
+        return self.detect_batch(np.stack(images)) if len(images) else []
 
 
 def create_detector(name: str, config: FaceConfig) -> DetectFn:
     return DETECTORS.entry(name)(config)
+
+
+def resolve_face_config(config: FaceConfig, auto_device: str) -> FaceConfig:
+    """`config` with no "auto" left, given what device "auto" means here (`auto_device`: "cuda" or "cpu"):
+    `detector="auto"` picks AUTO_DETECTORS' entry for the device, and the device becomes the one the
+    detector really runs on (the CPU for all but the batch detectors). Pure, so it is tested without a GPU."""
+    device = auto_device if config.device == AUTO else config.device
+    detector = AUTO_DETECTORS["cuda" if device.startswith("cuda") else "cpu"] if config.detector == AUTO \
+        else config.detector
+    if detector not in BATCH_DETECTORS:
+        if config.device not in (AUTO, "cpu"):
+            raise ValueError(f"face detector {detector!r} runs on the CPU only, not on device "
+                             f"{config.device!r}; the batch detectors ({', '.join(sorted(BATCH_DETECTORS))}) "
+                             f"run on a GPU")
+        device = "cpu"
+    return replace(config, detector=detector, device=device)
+
+
+def resolved_here(config: FaceConfig) -> FaceConfig:
+    """`resolve_face_config` with "auto" meaning this machine's device (the GPU when there is one)."""
+    if config.device != AUTO:  # resolved already (as in the pool's workers): no need to import torch
+        return resolve_face_config(config, config.device)
+    from ..core.precision import resolve_device
+
+    return resolve_face_config(config, str(resolve_device(AUTO)))
 
 
 def _new_hog_detector() -> Any:
@@ -158,22 +233,51 @@ class FaceDetector:
     """The configured detector with its fallback, run on a downscaled copy of each frame."""
 
     def __init__(self, config: FaceConfig):
-        self.config = config
-        names = [config.detector] + ([config.fallback] if config.fallback else [])
-        self.detectors = {name: create_detector(name, config) for name in dict.fromkeys(names)}
+        self.config = resolved_here(config)
+        names = [self.config.detector] + ([self.config.fallback] if self.config.fallback else [])
+        self.detectors = {name: create_detector(name, self.config) for name in dict.fromkeys(names)}
+        # Frames handed over at once, and held in memory until they are cropped: a batch on a GPU; on the CPU
+        # a batch is no faster (bench/bench_faces_gpu.py), so one frame, as for the per-frame detectors.
+        on_gpu = self.config.detector in BATCH_DETECTORS and self.config.device != "cpu"
+        self.batch_size = DETECT_BATCH if on_gpu else 1
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
         """Boxes [K, 4] in `frame` pixels, scores [K], and the name of the detector that found them."""
-        height, width = frame.shape[:2]
-        scale = min(1.0, self.config.detect_max_side / max(height, width))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = frame if scale == 1.0 else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        return self.detect_frames([frame])[0]
+
+    def detect_frames(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, str | None]]:
+        """`__call__` for each frame; a batch detector sees the frames of one size together."""
+        scales = [min(1.0, self.config.detect_max_side / max(frame.shape[:2])) for frame in frames]
+        smalls = [_scaled(frame, scale) for frame, scale in zip(frames, scales, strict=True)]
+        results = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None)] * len(frames)
+        pending = list(range(len(frames)))
         for name, detect in self.detectors.items():
-            boxes, scores = detect(small)
-            if len(boxes):
-                boxes = np.clip(boxes / scale, 0, [width, height, width, height]).astype(np.float32)
-                return boxes, scores, name
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), None
+            found = self._detect(detect, [smalls[i] for i in pending])
+            for i, (boxes, scores) in zip(pending, found, strict=True):
+                if len(boxes):
+                    height, width = frames[i].shape[:2]
+                    boxes = np.clip(boxes / scales[i], 0, [width, height, width, height]).astype(np.float32)
+                    results[i] = (boxes, scores, name)
+            pending = [i for i in pending if results[i][2] is None]
+        return results
+
+    @staticmethod
+    def _detect(detect: DetectFn, images: list[np.ndarray]) -> list[Found]:
+        if not isinstance(detect, BatchDetector):
+            return [detect(image) for image in images]
+        found: list[Found | None] = [None] * len(images)
+        for size in dict.fromkeys(image.shape for image in images):
+            same = [i for i, image in enumerate(images) if image.shape == size]
+            for i, result in zip(same, detect.batch([images[i] for i in same]), strict=True):
+                found[i] = result
+        return found
+
+
+def _scaled(frame: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return frame
+    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 # Cropping ---------------------------------------------------------------------------------------------
@@ -341,6 +445,12 @@ class VideoFaces:
                 "dropped": [{str(k): v for k, v in track.dropped.items()} for track in self.tracks]}
 
 
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def extract_video_faces(media: Media, frames_config: FramesConfig, face_config: FaceConfig,
                         detector: FaceDetector | None = None, name: str | None = None) -> VideoFaces:
     """Sample the frames of a video, image or array of frames (`name` names an array), then `track_faces`."""
@@ -362,15 +472,16 @@ def track_faces(video: SampledVideo, face_config: FaceConfig, detector: FaceDete
     detectors_used: dict[str, int] = {}
     decoded: list[int] = []
     margin, size = face_config.margin, face_config.crop_size
-    for index, frame in video.frames():
-        boxes, scores, name = detector(frame)
-        decoded.append(index)
-        if name is None:
-            continue
-        detectors_used[name] = detectors_used.get(name, 0) + 1
-        found = [_Detection(box, float(score), square_crop(frame, box, margin, size))
-                 for box, score in zip(boxes, scores, strict=True)]
-        _assign(tracks, index, found)
+    for chunk in _chunks(video.frames(), detector.batch_size):
+        for (index, frame), (boxes, scores, name) in zip(chunk, detector.detect_frames([f for _, f in chunk]),
+                                                         strict=True):
+            decoded.append(index)
+            if name is None:
+                continue
+            detectors_used[name] = detectors_used.get(name, 0) + 1
+            found = [_Detection(box, float(score), square_crop(frame, box, margin, size))
+                     for box, score in zip(boxes, scores, strict=True)]
+            _assign(tracks, index, found)
     if not decoded:
         raise MediaError(path, "no frame could be decoded")
     if not tracks:
@@ -428,9 +539,9 @@ def track_faces(video: SampledVideo, face_config: FaceConfig, detector: FaceDete
 # Batch with the stage cache ---------------------------------------------------------------------------
 def faces_cache(frames_config: FramesConfig, face_config: FaceConfig,
                 cache_root: str | os.PathLike | None = None) -> StageCache:
-    """The `faces` stage cache; its key hashes both configs, since either changes the crops, and the
-    crops' storage format."""
-    return StageCache("faces", {"frames": asdict(frames_config), "faces": asdict(face_config),
+    """The `faces` stage cache; its key hashes both configs, since either changes the crops (with the
+    detector and device "auto" resolved to the ones that run here), and the crops' storage format."""
+    return StageCache("faces", {"frames": asdict(frames_config), "faces": asdict(resolved_here(face_config)),
                                 "version": FACES_VERSION, "crops": CROPS_CODEC.identity()}, cache_root)
 
 
@@ -483,6 +594,10 @@ _worker_detector: FaceDetector | None = None
 def _init_worker(face_config: FaceConfig) -> None:
     global _worker_detector
     cv2.setNumThreads(1)  # parallelism comes from the pool; nested OpenCV threads only oversubscribe
+    if face_config.detector in BATCH_DETECTORS:
+        import torch  # only batch detectors need it in the workers
+
+        torch.set_num_threads(1)  # the same, for a batch detector on the CPU
     _worker_detector = FaceDetector(face_config)
 
 
@@ -534,7 +649,11 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     the cache, each entry atomically before its manifest record, so a killed run leaves no partial entry.
     """
     frames_config = frames_config or FramesConfig()
-    face_config = face_config or FaceConfig()
+    asked = face_config or FaceConfig()
+    face_config = resolved_here(asked)
+    if (asked.detector, asked.device) != (face_config.detector, face_config.device):
+        logger.info("faces: detector %s on %s resolved to %s on %s", asked.detector, asked.device,
+                    face_config.detector, face_config.device)
     cache = faces_cache(frames_config, face_config, cache_root)
     report = StageReport(stage="faces", cache_dir=str(cache.dir))
     start = time.perf_counter()
@@ -548,8 +667,9 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
             report.failures[video_id] = cache.records()[video_id].get("error") or ""
         else:
             report.skipped += 1
-    logger.info("faces: %d to extract, %d cached (%s, detector %s, fallback %s)", len(todo),
-                report.skipped + len(report.failures), cache.dir, face_config.detector, face_config.fallback)
+    logger.info("faces: %d to extract, %d cached (%s, detector %s on %s, fallback %s)", len(todo),
+                report.skipped + len(report.failures), cache.dir, face_config.detector, face_config.device,
+                face_config.fallback)
 
     def store(video_id: str, result: _Extracted | None, error: str | None, seconds: float) -> None:
         path, fingerprint = paths[video_id]
@@ -566,7 +686,7 @@ def extract_faces(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     workers = (os.cpu_count() or 1) if workers is None else workers
     progress = tqdm(total=len(todo), desc="faces", unit="video", disable=not todo)
     if workers <= 1 or len(todo) <= 1:
-        detector = FaceDetector(face_config)
+        detector = FaceDetector(face_config) if todo else None  # a GPU detector only where there is work
         for video_id, path, _ in todo:
             store(*_extract_one(video_id, path, frames_config, face_config, detector))
             progress.update()

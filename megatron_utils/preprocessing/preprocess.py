@@ -21,7 +21,7 @@ from ..core.cache import OK, PREPROCESS_FILE, StageCache, StageReport, write_jso
 from .audio import AudioConfig, AudioEmbedder, compute_audio
 from .depth import DepthConfig, DepthEstimator, compute_depth
 from .embed import EmbedConfig, Embedder, compute_embeddings
-from .faces import FaceConfig, extract_faces
+from .faces import FaceConfig, extract_faces, resolved_here
 from .frames import FramesConfig
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def preprocess(items: Iterable[tuple[str, str | os.PathLike]] | pd.DataFrame,
     """Run faces -> depth -> embeddings for `(video_id, path)` pairs or an index table; `models`: the
     depth model and embedders already loaded for `config` (a long-lived worker's), else loaded here."""
     config = config or PreprocessConfig()
+    config = replace(config, faces=resolved_here(config.faces))  # preprocess.json records the detector used
     pairs = item_pairs(items)
     item_ids = [video_id for video_id, _ in pairs]
     faces, faces_report = extract_faces(pairs, config.frames, config.faces, force, cache_root, workers)
