@@ -12,7 +12,7 @@ the models may replace hub ids, but other weights are refused. The model runs in
 
 Frame sampling is the run's own, by construction: `FramesConfig` from `preprocess.json`, so a new video
 gets exactly the clips `evaluate` scores for an indexed one (same T, same frame spacing, same sampling).
-- `clips_per_video` may be raised (`--clips`) to cover a video more densely; it keeps the training
+- `clips_per_video` may be raised (`--clips-per-video`) to cover a video more densely; it keeps the training
   spacing (uniform clips interleave, consecutive windows spread evenly).
 - Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each clip
   in which the face has a crop in at least half of the clip's frames. A face's probability is the mean of
