@@ -108,6 +108,11 @@ def test_a_checkpoint_loads_back_as_it_was_saved(run, tmp_path):
     for name, tensor in saved.models["rgb"].state_dict().items():
         assert torch.equal(loaded.models["rgb"].state_dict()[name], tensor), name
 
+    before = files(moved)
+    loaded.save_pretrained(moved)  # saved again where it was loaded from: nothing lost on the way
+    assert files(moved) == before
+    assert (moved / "models" / "depth" / "model.safetensors").read_bytes() == b"stand-in weights"
+
     metrics = {"split": "test", "videos": 10, "real": 5, "fake": 5, "auc": 0.75, "auc_low": 0.5,
                "auc_high": 0.9, "fpr": 0.2, "tpr": 0.6, "tpr_at_5fpr": 0.4}
     loaded.record_evaluation(moved, metrics)

@@ -122,6 +122,20 @@ def local_models(preprocessing: dict[str, Any], base: Path) -> Iterator[tuple[st
             yield key, (base / value).expanduser().resolve()
 
 
+def copy_model(source: Path, folder: Path) -> Path:
+    """A weights file or model folder copied into `folder` (as it, for a folder); returns the copy. A
+    checkpoint saved where it was loaded from keeps its models where they are."""
+    copy = folder if source.is_dir() else folder / source.name
+    if copy.resolve() != source.resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+        if source.is_dir():
+            shutil.copytree(source, folder)
+        else:
+            folder.mkdir(parents=True)
+            shutil.copy2(source, copy)
+    return copy
+
+
 class Checkpoint(ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):  # the mixin appends to it
     """A trained detector: its temporal head, the preprocessing that makes its inputs (with the local models
     that preprocessing names), its decision rule and, once evaluated, its test metrics.
@@ -181,14 +195,11 @@ class Checkpoint(ModelHubMixin, library_name=LIBRARY, tags=list(TAGS)):  # the m
             for key, model in self.models.items():
                 (section, name), _ = PREPROCESSING_MODELS[key]
                 target = save_directory / MODELS / key
-                shutil.rmtree(target, ignore_errors=True)
                 if isinstance(model, FrameClassifier):
+                    shutil.rmtree(target, ignore_errors=True)
                     model.save_pretrained(target)
-                elif model.is_dir():
-                    shutil.copytree(model, target)
                 else:
-                    target.mkdir(parents=True)
-                    target = Path(shutil.copy2(model, target))
+                    target = copy_model(model, target)
                 recipe["config"][section][name] = target.relative_to(save_directory).as_posix()
             write_json_atomic(save_directory / PREPROCESS_FILE, recipe)
         write_json_atomic(save_directory / DECISION_FILE, self.decision)
