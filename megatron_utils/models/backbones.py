@@ -9,7 +9,7 @@ warning, to the ImageNet MobileNetV2 whose real torchvision weights ship inside 
 (`assets.py`).
 
 A backbone fine-tuned by `megatron finetune` is a `FrameClassifier` (the backbone plus a linear real/fake
-head) saved through the hub mixin (`hub.HubModule`); `create_backbone` given its folder (or hub id) as
+head) saved through the hub mixin (`hub.HubModule`); `create_backbone` given its folder as
 `weights` returns the tuned backbone.
 """
 
