@@ -3,8 +3,9 @@
 `runs/demo` is the main job's run (`bash scripts/demo.sh`: its RGB embedder fine-tuned on reals and
 self-blended pseudo-fakes). This runs the same demo again into `runs/demo-adv`, from the same data and
 caches, with one change: the embedder is fine-tuned with FGSM and a random start (`megatron finetune
---adversarial fgsm-rs --eps 4/255`). Then both runs are attacked through the whole pixel path (white-box
-FGSM and PGD, as `megatron evaluate RUN --attack`) on the same test videos. Run alone (it trains):
+--adversarial fgsm-rs --adversarial-eps 4/255`). Then both runs are attacked through the whole pixel path
+(white-box FGSM and PGD, as `megatron evaluate RUN --attack`) on the same test videos. Run alone (it
+trains):
 
     python bench/bench_adversarial.py [--eps 1 2 4 8] [--attack-videos 16] [--attack-steps 3]
 """

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_utils.core.cache import PREPROCESS_FILE  # noqa: E402
 from megatron_utils.inference.predict import Detector  # noqa: E402
+from megatron_utils.models.checkpoint import Checkpoint  # noqa: E402
 from megatron_utils.models.heads import DEFAULT_MODEL, MegatronHead, list_models, model_config  # noqa: E402
 from megatron_utils.preprocessing.depth import DepthEstimator  # noqa: E402
 from megatron_utils.preprocessing.embed import Embedder  # noqa: E402
@@ -71,21 +72,27 @@ def settings(device: str) -> list[Setting]:
 
 
 def write_run(folder: Path, config: PreprocessConfig, model_name: str) -> Path:
-    """A run folder holding a freshly initialised checkpoint and the preprocess.json describing `config`,
-    with the weight fingerprints `megatron preprocess` would record."""
+    """A run folder holding a freshly initialised checkpoint made from the preprocess.json describing
+    `config`, with the weight fingerprints `megatron preprocess` would record."""
     depth, embedder = DepthEstimator(config.depth), Embedder(config.embed)
     folder.mkdir(parents=True)
     (folder / PREPROCESS_FILE).write_text(json.dumps({
-        "config": config.to_dict(), "caches": {},
+        "config": config.to_dict(),
         "weights": {"depth": depth.fingerprint, **{key: {"backbone": b.name, "weights": b.fingerprint}
                                                    for key, b in (("rgb", embedder.rgb),
                                                                   ("depth_backbone", embedder.depth))}},
+        "sources": {"depth": depth.weights, "rgb": embedder.rgb.weights,
+                    "depth_backbone": embedder.depth.weights},
     }))
     torch.manual_seed(0)
     model_cfg = model_config(model_name, rgb_dim=embedder.rgb.num_features,
                              depth_dim=embedder.depth.num_features,
                              max_len=max(64, config.frames.frames_per_clip))
-    MegatronHead(model_cfg).save_pretrained(folder / "best")
+    untrained = "none (a freshly initialised head, for timing)"
+    decision = {"threshold": 0.5, "uncertain_below": 0.5, "target_fpr": 0.05, "target_fnr": 0.05, "epoch": 0,
+                "val_auc": 0.5, "val_tpr": 0.0,
+                "val_uncertain": 0.0, "train_data": untrained, "val_data": untrained, "fakes": "none"}
+    Checkpoint.of_run(MegatronHead(model_cfg), folder, decision).save_pretrained(folder / "best")
     return folder
 
 

@@ -31,13 +31,15 @@ import pandas as pd
 from common import REPO, print_table, write_results
 
 from megatron_utils.core.cache import StageCache
+from megatron_utils.core.precision import resolve_device
 from megatron_utils.datasets import build_index, read_index, write_index
 from megatron_utils.datasets.mini import build_mini
 from megatron_utils.demo import DemoConfig
+from megatron_utils.models.backbones import FrameClassifier, is_frame_classifier
 from megatron_utils.preprocessing.faces import extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
 from megatron_utils.training.evaluate import binary_metrics
-from megatron_utils.training.finetune import FinetuneConfig, finetune, load_frame_classifier, score_videos
+from megatron_utils.training.finetune import FinetuneConfig, finetune, score_videos
 
 log = logging.getLogger("bench_realfakes")
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "realfakes-dev"
@@ -141,10 +143,10 @@ def main() -> None:
         config = FinetuneConfig(backbone=args.backbone, input_size=args.crop, epochs=args.epochs,
                                 crops_per_video=2 * args.frames, max_minutes=args.max_minutes)
         started = time.perf_counter()
-        best = run / "best" if (run / "best" / "finetune.json").exists() else \
+        best = run / "best" if is_frame_classifier(run / "best") else \
             finetune(pd.concat([train, selection], ignore_index=True), faces.dir, config, run)
         seconds = time.perf_counter() - started
-        model = load_frame_classifier(best)
+        model = FrameClassifier.from_pretrained(best, map_location=resolve_device("auto"))
         scored = score_videos(model, realfakes, StageCache.open(faces.dir), None, 2 * args.frames)
         seen = set(train["video_id"]) | set(selection["video_id"])
         unseen = ~scored["video_id"].isin(seen)

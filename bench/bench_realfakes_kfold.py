@@ -43,9 +43,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from megatron_utils.core.cache import StageCache
 from megatron_utils.demo import DemoConfig
+from megatron_utils.models.backbones import FrameClassifier
 from megatron_utils.preprocessing.faces import extract_faces
 from megatron_utils.training.evaluate import binary_metrics, fpr_threshold
-from megatron_utils.training.finetune import finetune, load_frame_classifier, score_videos
+from megatron_utils.training.finetune import finetune, score_videos
 
 log = logging.getLogger("bench_realfakes_kfold")
 
@@ -212,7 +213,7 @@ def main() -> None:
             started = time.perf_counter()
             best = finetune(table, faces.dir, finetune_config, run, resume=True)  # resumes a killed run
             seconds = time.perf_counter() - started
-            model = load_frame_classifier(best)
+            model = FrameClassifier.from_pretrained(best)
             inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
             threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
             test = ffpp[ffpp["fold"] == fold].drop(columns=["group", "fold"])

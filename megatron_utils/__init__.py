@@ -12,6 +12,7 @@ The names a notebook or a script needs, imported on first use (so `import megatr
     mg.evaluate_run(run)                                  # metrics, report, model card
     detector = mg.Detector.from_pretrained(run)           # score new media
     print(detector.predict("video.mp4").verdict)
+    mg.Checkpoint.from_pretrained(f"{run}/best").push_to_hub("you/megatron")  # publish the detector
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ _EXPORTS = {
     "FinetuneConfig": "megatron_utils.training.finetune", "finetune": "megatron_utils.training.finetune",
     "TrainConfig": "megatron_utils.training.train", "train": "megatron_utils.training.train",
     "resume": "megatron_utils.training.train",
-    "model_config": "megatron_utils.models.heads", "load_head": "megatron_utils.models.heads",
+    "model_config": "megatron_utils.models.heads", "TemporalHead": "megatron_utils.models.heads",
+    "Checkpoint": "megatron_utils.models.checkpoint", "FrameClassifier": "megatron_utils.models.backbones",
     "evaluate_run": "megatron_utils.training.evaluate",
     "evaluate_on_data": "megatron_utils.training.evaluate",
     "Detector": "megatron_utils.inference.predict", "PredictConfig": "megatron_utils.inference.predict",

@@ -20,18 +20,15 @@ from pathlib import Path
 from .core.cache import write_json_atomic
 from .datasets import build_index, summarize, write_index
 from .datasets.mini import build_mini
-from .models.backbones import (
-    RANDOM_INIT_PREFIX,
-    WeightsUnavailableError,
-    locate_depth_model,
-)
+from .models.backbones import RANDOM_INIT_PREFIX, is_frame_classifier, locate_depth_model
 from .models.heads import model_config
+from .models.hub import WeightsUnavailableError
 from .preprocessing.depth import FACEMESH
 from .preprocessing.faces import extract_faces
 from .preprocessing.preprocess import PreprocessConfig, preprocess
 from .recipes import Recipe, load_recipe
 from .training.evaluate import evaluate_run
-from .training.finetune import FINETUNED_MARKER, finetune
+from .training.finetune import finetune
 from .training.train import train
 
 logger = logging.getLogger(__name__)
@@ -100,7 +97,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     with step("fine-tune the RGB embedder (reals + self-blended pseudo-fakes)"):
         finetune_dir = config.run_dir / "finetune"
         best = finetune_dir / "best"
-        if (best / FINETUNED_MARKER).exists():
+        if is_frame_classifier(best):
             print(f"{best} already holds the fine-tuned embedder; delete {finetune_dir} to fine-tune again")
         else:
             finetune(index_path, faces.dir, recipe.finetune, finetune_dir)

@@ -13,7 +13,7 @@ from megatron_utils.cli import main
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.inference.predict import Detector
 from megatron_utils.models.baselines import FrameHead, LSTMHead
-from megatron_utils.models.heads import load_head
+from megatron_utils.models.heads import TemporalHead
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,8 +38,8 @@ def test_every_head_learns_a_linear_signal_and_a_second_call_reuses_the_runs(tmp
     assert (table["test_auc"] <= table["test_auc_high"]).all()
     assert table.loc["frame-cnn", "parameters"] < table.loc["lstm", "parameters"]
     assert (table["train_s"] > 0).all() and table.loc["lstm", "architecture"] == "lstm"
-    assert isinstance(load_head(table.loc["lstm", "run"] + "/best"), LSTMHead)
-    assert isinstance(load_head(table.loc["frame-cnn", "run"] + "/best"), FrameHead)
+    assert isinstance(TemporalHead.from_pretrained(table.loc["lstm", "run"] + "/best"), LSTMHead)
+    assert isinstance(TemporalHead.from_pretrained(table.loc["frame-cnn", "run"] + "/best"), FrameHead)
     assert "an LSTM reads" in (tmp_path / "compare" / "lstm" / "best" / "README.md").read_text()
     markdown = (tmp_path / "compare" / "leaderboard.md").read_text()
     assert all(f"| {model} |" in markdown for model in MODELS) and "[95% CI]" in markdown

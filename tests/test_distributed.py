@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from megatron_utils.datasets import write_index
-from megatron_utils.models.heads import load_head
+from megatron_utils.models.backbones import is_frame_classifier
+from megatron_utils.models.heads import TemporalHead
 from megatron_utils.training.clips import load_clips
 from megatron_utils.training.evaluate import clip_probabilities
 
@@ -49,8 +50,8 @@ def test_two_processes_train_as_one(tiny_run, tmp_path):
     # The same function (weights compared by what they compute: Adam moves attention's key bias, which has
     # no effect on the output, by full steps on gradients that are rounding noise).
     clips = load_clips(table, embed_dir, "val")
-    scores = {name: clip_probabilities(load_head(tmp_path / name / "last"), clips, amp=False)
-              for name in ("one", "two")}
+    scores = {name: clip_probabilities(TemporalHead.from_pretrained(tmp_path / name / "last"), clips,
+                                       amp=False) for name in ("one", "two")}
     np.testing.assert_allclose(scores["two"], scores["one"], atol=1e-4)
     # One writer: one checkpoint set, no stray temporaries from the second rank.
     assert sorted(path.name for path in (tmp_path / "two").iterdir() if path.name.startswith(".")) == []
@@ -71,4 +72,4 @@ def test_two_processes_finetune_the_embedder(tiny_run, tmp_path):
     curves = {name: pd.read_csv(tmp_path / name / "history.csv") for name in ("one", "two")}
     assert len(curves["two"]) == 2
     np.testing.assert_allclose(curves["two"]["train_loss"], curves["one"]["train_loss"], rtol=0.05)
-    assert (tmp_path / "two" / "best" / "finetune.json").is_file()
+    assert is_frame_classifier(tmp_path / "two" / "best")

@@ -85,15 +85,21 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
     # best/ is self-contained: moved away from its run (fine-tuned embedder, preprocessing, threshold and
     # model card inside), it scores a test video exactly as the run's evaluation did.
     best = tmp_path / "run" / "best"
-    assert {"decision.json", "preprocess.json", "README.md"} <= {path.name for path in best.iterdir()}
+    assert {"decision.json", "evaluation.json", "preprocess.json", "README.md", "models"} <= \
+        {path.name for path in best.iterdir()}
     assert json.loads((best / "config.json").read_text())["architecture"] == "megatron"
     card = (best / "README.md").read_text()
     assert "test split" in card and "of reals called fake" in card  # the card carries the test metrics
     assert "at most 5% of real validation videos scored this high" in card  # the threshold in words
-    assert "RGB embedder: `tiny_random`, fine-tuned by megatron finetune" in card  # models in words
-    assert "depth map: MediaPipe face mesh" in card and "sha256" in card
+    # Every model in words: architecture, source, sha256 of its weights.
+    assert "- temporal head: `megatron`, trained by megatron train" in card
+    assert "- RGB embedder: `tiny_random`, fine-tuned by megatron finetune (from random-init" in card
+    assert "- depth map: `facemesh`, MediaPipe face mesh" in card and card.count("`sha256:") >= 3
     assert "ffpp (train split:" in card  # data by dataset name and split
-    assert str(tmp_path) not in card and "/tmp" not in card and "/root" not in card  # no machine path
+    for path in best.rglob("*"):  # no machine path, in the card or anywhere else in the checkpoint
+        if path.suffix in (".json", ".md"):
+            text = path.read_text()
+            assert str(tmp_path) not in text and "/tmp" not in text and "/root" not in text, path
     evaluated = pd.read_csv(tmp_path / "run" / "eval" / "index-test" / "scores.csv").iloc[0]
     moved = tmp_path / "elsewhere" / "checkpoint"
     shutil.copytree(best, moved)

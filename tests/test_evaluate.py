@@ -7,7 +7,7 @@ import pytest
 from megatron_utils.cli import main
 from megatron_utils.datasets.synthetic import SyntheticEmbedConfig, write_synthetic_embed_cache
 from megatron_utils.models.checkpoint import Decision, load_decision
-from megatron_utils.models.heads import load_head, model_config
+from megatron_utils.models.heads import TemporalHead, model_config
 from megatron_utils.training.evaluate import (
     binary_metrics,
     choose_decision,
@@ -131,7 +131,7 @@ def test_decision_text_tells_a_threshold_from_a_band_edge_that_lie_close():
 def test_a_trained_head_is_calibrated_on_validation(run):
     """The checkpoint carries the Platt scaling fitted on validation, and its decision rule is stated on
     the calibrated scale: the threshold sits between the reals' and the fakes' typical probabilities."""
-    head = load_head(run / "best")
+    head = TemporalHead.from_pretrained(run / "best")
     scale, shift = head.calibration.tolist()
     assert (scale, shift) != (1.0, 0.0) and scale > 0
     scores = pd.read_csv(evaluate_run(run).out_dir / "scores.csv")

@@ -133,8 +133,8 @@ def test_frame_attributions_add_up_to_the_logit(tiny_run):
 def test_predict_explain_writes_pictures_heat_maps_and_jsonl(tiny_run, tmp_path, capsys):
     video = Path(tiny_run[1]["path"].iloc[0])
     out = tmp_path / "explain"
-    code = main(["predict", str(video), "--run", str(tiny_run[0]), "--clips", "2", "--explain", str(out),
-                 "--annotate", str(tmp_path / "annotated"), "--jsonl", str(tmp_path / "p.jsonl")])
+    code = main(["predict", str(video), "--run", str(tiny_run[0]), "--clips-per-video", "2", "--explain",
+                 str(out), "--annotate", str(tmp_path / "annotated"), "--jsonl", str(tmp_path / "p.jsonl")])
     assert code == 0, capsys.readouterr()
     record = json.loads((tmp_path / "p.jsonl").read_text())
     prediction = Prediction.from_dict(record)

@@ -327,7 +327,7 @@ def test_cli_extract_prints_summary_and_fails_on_bad_items(asset, tmp_path, monk
     monkeypatch.setattr(cli, "COMMAND_MODULES", ["extract"])
     index = tmp_path / "index.csv"
     pd.DataFrame({"video_id": ["good"], "path": [str(asset("single_face_video"))]}).to_csv(index, index=False)
-    common = ["--frames", "8", "--workers", "1", "--cache", str(tmp_path / "cache")]
+    common = ["--frames-per-clip", "8", "--workers", "1", "--cache", str(tmp_path / "cache")]
     assert cli.main(["extract", str(index), str(asset("grace_hopper")), *common]) == 0
     out = capsys.readouterr().out
     assert "faces: 2 done" in out and "cache: " in out and str(tmp_path / "cache") in out

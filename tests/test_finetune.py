@@ -7,10 +7,9 @@ import torch
 
 import megatron_utils.training.finetune
 from megatron_utils.cli import main
-from megatron_utils.cli.finetune import fraction
 from megatron_utils.core.cache import StageCache
 from megatron_utils.datasets import build_index, write_index
-from megatron_utils.models.backbones import create_backbone
+from megatron_utils.models.backbones import FrameClassifier, create_backbone, is_frame_classifier
 from megatron_utils.preprocessing.batching import images_to_tensor
 from megatron_utils.preprocessing.faces import FaceConfig, extract_faces, read_faces
 from megatron_utils.preprocessing.frames import FramesConfig
@@ -18,10 +17,8 @@ from megatron_utils.training.distributed import ONE_PROCESS
 from megatron_utils.training.finetune import (
     EmbedderTask,
     FinetuneConfig,
-    FrameClassifier,
     finetune,
     frame_refs,
-    load_finetuned_state,
     read_crop,
 )
 
@@ -45,7 +42,7 @@ def embedder_task(faces, config):
     table, cache = faces
     train = frame_refs(table, cache, "train", config.crops_per_video, fakes=config.fakes == "dataset")
     val = frame_refs(table, cache, "val", config.crops_per_video, fakes=config.fakes == "dataset")
-    model = FrameClassifier(create_backbone("tiny_random"))
+    model = FrameClassifier.start(create_backbone("tiny_random"))
     return EmbedderTask(model, cache, train, val, config, torch.device("cpu")), train, val
 
 
@@ -90,10 +87,20 @@ def test_finetuned_weights_load_as_a_backbone_and_change_the_features(faces, tmp
     crops = np.stack([read_crop(cache, refs, i)[0] for i in range(len(refs))])
     data = base.data_config
     pixels = images_to_tensor(crops, data.input_size, data.mean, data.std, torch.device("cpu"))
+    classifier = FrameClassifier.from_pretrained(best)  # the whole classifier, as it was selected
     with torch.no_grad():
         assert not torch.allclose(tuned.model(pixels), base.model(pixels), atol=1e-3)
+        torch.testing.assert_close(classifier.features(torch.from_numpy(crops).permute(0, 3, 1, 2) / 255),
+                                   tuned.model(pixels), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="fine-tuned tiny_random, not a mobilenetv2_offline"):
         create_backbone("mobilenetv2_offline", weights=best)
+    # The hub mixin's folder: config, weights and a card that says what was tuned and how it was chosen.
+    assert sorted(path.name for path in best.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (best / "README.md").read_text()
+    selected = history.loc[history["score"].idxmax()]
+    assert "`tiny_random` fine-tuned by `megatron finetune`" in card and "random-init (test model)" in card
+    assert f"at epoch {selected['epoch']:.0f}: val_sbi_auc {selected['val_sbi_auc']:.4f}" in card
+    assert "library_name: megatron-deepfake" in card and str(tmp_path) not in card
 
 
 def test_a_killed_run_resumes_as_if_never_stopped(faces, tmp_path, monkeypatch, one_torch_thread):
@@ -145,8 +152,8 @@ def test_cli_finetunes_and_says_how_to_use_the_result(faces, tmp_path, capsys, o
     out = tmp_path / "cli-run"
     code = main(["finetune", "--index", str(index), "--faces", str(cache.dir), "--backbone", "tiny_random",
                  "--epochs", "1", "--batch-size", "8", "--crops-per-video", "2", "--out", str(out)])
-    assert code == 0 and (out / "best" / "finetune.json").is_file()
-    assert f"--rgb-weights {out / 'best'}" in capsys.readouterr().out
+    assert code == 0 and is_frame_classifier(out / "best")
+    assert f"--embed-rgb-weights {out / 'best'}" in capsys.readouterr().out
     assert main(["finetune", "--index", str(index), "--faces", str(cache.dir), "--backbone", "tiny_random",
                  "--out", str(out)]) == 2  # a finished run is not overwritten without --resume
 
@@ -168,6 +175,6 @@ def test_adversarial_finetuning_trains_on_fgsm_rs_images_within_eps(faces, tmp_p
     finetune(table, cache.dir, tiny(adversarial="fgsm-rs", adversarial_eps=8 / 255), tmp_path / "adv")
     finetune(table, cache.dir, tiny(), tmp_path / "standard")
     assert perturbations and all(0 < p <= 8 / 255 + 1e-6 for p in perturbations)
-    adversarial, standard = (load_finetuned_state(tmp_path / run / "best")[1] for run in ("adv", "standard"))
+    adversarial, standard = (FrameClassifier.from_pretrained(tmp_path / run / "best").state_dict()
+                             for run in ("adv", "standard"))
     assert any(not torch.equal(adversarial[name], standard[name]) for name in standard)
-    assert fraction("4/255") == pytest.approx(4 / 255) and fraction("0.5") == 0.5  # --eps

@@ -9,9 +9,7 @@ from megatron_utils.models.heads import (
     MegatronConfig,
     MegatronHead,
     TemporalHead,
-    create_head,
     list_models,
-    load_head,
     model_config,
 )
 
@@ -38,7 +36,7 @@ VARIANTS = {**{name: ("megatron-tiny", overrides) for name, overrides in MEGATRO
 
 def tiny(model: str = "megatron-tiny", overrides: dict | None = None) -> TemporalHead:
     torch.manual_seed(0)
-    return create_head(model_config(model, rgb_dim=12, depth_dim=7, **(overrides or {}))).eval()
+    return TemporalHead.build(model_config(model, rgb_dim=12, depth_dim=7, **(overrides or {}))).eval()
 
 
 def clip_batch(batch: int = 3, frames: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,10 +87,13 @@ def test_a_single_image_is_a_clip_of_length_one(variant):
 def test_save_and_from_pretrained_give_identical_outputs(tmp_path, variant):
     model = tiny(*VARIANTS[variant])
     rgb, depth, valid = clip_batch()
-    model.save_pretrained(tmp_path / "checkpoint")
-    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = load_head(tmp_path / "checkpoint").eval()
-    assert type(loaded) is type(model)
+    model.save_pretrained(tmp_path / "checkpoint")  # the hub mixin's folder: config, weights, model card
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["README.md", "config.json",
+                                                                          "model.safetensors"]
+    card = (tmp_path / "checkpoint" / "README.md").read_text()
+    assert f"A `{model.config.architecture}` temporal head" in card
+    loaded = TemporalHead.from_pretrained(tmp_path / "checkpoint")  # the architecture config.json names
+    assert type(loaded) is type(model) and not loaded.training
     assert loaded.config == model.config
     torch.testing.assert_close(loaded(rgb, depth, valid=valid), model(rgb, depth, valid=valid),
                                rtol=0, atol=0)
@@ -100,10 +101,32 @@ def test_save_and_from_pretrained_give_identical_outputs(tmp_path, variant):
         assert loaded.encoders["rgb"] is loaded.encoders["depth"]
 
 
-def test_from_pretrained_names_what_is_missing(tmp_path):
-    tiny().config.save(tmp_path / "config.json")
+def test_from_pretrained_names_what_is_missing_or_wrong(tmp_path):
+    lstm = tiny("lstm")
+    lstm.save_pretrained(tmp_path / "lstm")
+    with pytest.raises(ValueError, match="names a 'lstm' temporal head, not a MegatronHead"):
+        MegatronHead.from_pretrained(tmp_path / "lstm")
+    (tmp_path / "lstm" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
-        MegatronHead.from_pretrained(tmp_path)
+        TemporalHead.from_pretrained(tmp_path / "lstm")
+    tiny().save_pretrained(tmp_path / "megatron")
+    config = json.loads((tmp_path / "megatron" / "config.json").read_text())
+    (tmp_path / "megatron" / "config.json").write_text(json.dumps({**config, "colour": "red"}))
+    with pytest.raises(ValueError, match=r"unknown MegatronConfig field\(s\) \['colour'\]"):
+        TemporalHead.from_pretrained(tmp_path / "megatron")
+
+
+def test_loading_is_strict_about_the_weights(tmp_path):
+    """A weights file missing a tensor (or holding one the architecture lacks) is an error, not a model
+    left partly random."""
+    from safetensors.torch import load_file, save_file
+
+    tiny().save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    save_file({name: value for name, value in state.items() if not name.startswith("head.")},
+              str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        TemporalHead.from_pretrained(tmp_path)
 
 
 def test_ablations_change_the_architecture():
@@ -119,8 +142,8 @@ def test_ablations_change_the_architecture():
 
 def test_config_round_trip_registry_and_validation(tmp_path):
     config = model_config("megatron-base", rgb_dim=384, depth_dim=256, streams="depth")
-    config.save(tmp_path / "config.json")
-    assert MegatronConfig.load(tmp_path / "config.json") == config
+    MegatronHead(config).save_pretrained(tmp_path)
+    assert MegatronHead.from_pretrained(tmp_path).config == config
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["d_model"] == MODEL_CONFIGS["megatron-base"]["d_model"] and stored["streams"] == "depth"
     assert "megatron-tiny" in list_models() and "megatron-base" in list_models()

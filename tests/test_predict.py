@@ -260,8 +260,9 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
     shutil.copy(video_of(table, "fake"), inputs / "nested" / "clip.mp4")
     (inputs / "notes.txt").write_text("not media: folders yield only videos and images")
     out = tmp_path / "out"
-    args = ["predict", str(inputs), "--run", str(run), "--clips", "2", "--jsonl", str(out / "p.jsonl"),
-            "--csv", str(out / "p.csv"), "--annotate", str(out / "annotated"), "--plot", str(out / "plots")]
+    args = ["predict", str(inputs), "--run", str(run), "--clips-per-video", "2", "--jsonl",
+            str(out / "p.jsonl"), "--csv", str(out / "p.csv"), "--annotate", str(out / "annotated"),
+            "--plot", str(out / "plots")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "clip.mp4" in printed and "scored 1 of 1 inputs" in printed and "tiny_random" in printed
@@ -271,7 +272,7 @@ def test_cli_exit_codes_and_outputs(tiny_run, broken_files, tmp_path, capsys):
 
     empty = next(path for path in broken_files if path.name == "empty.mp4")
     assert main(["predict", str(inputs / "nested" / "*.mp4"), str(empty), "--run", str(run),
-                 "--clips", "2"]) == 1
+                 "--clips-per-video", "2"]) == 1
     printed = capsys.readouterr().out
     assert "FAILED" in printed and "file is empty" in printed and "scored 1 of 2" in printed
 

@@ -70,9 +70,10 @@ def test_frames_per_clip_always_comes_from_the_frames_stage():
 
 def test_cli_preprocess_exits_1_when_an_item_failed(videos, cache_dir, capsys):
     paths = [str(path) for _, path in videos[:3:2]]  # single_face and the empty file
-    status = main(["preprocess", *paths, "--frames", "4", "--min-faces", "2", "--crop-size", "64",
-                   "--depth-model", "random-init:depth-anything-tiny", "--output-size", "32",
-                   "--rgb-backbone", "tiny_random", "--depth-backbone", "tiny_random", "--workers", "0"])
+    status = main(["preprocess", *paths, "--frames-per-clip", "4", "--faces-min-faces", "2",
+                   "--faces-crop-size", "64", "--depth-model", "random-init:depth-anything-tiny",
+                   "--depth-output-size", "32", "--embed-rgb-backbone", "tiny_random",
+                   "--embed-depth-backbone", "tiny_random", "--workers", "0"])
     out = capsys.readouterr().out
     assert status == 1
     assert "failed empty" in out and "embed cache: " in out and "tiny_random" in out

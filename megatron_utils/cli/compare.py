@@ -6,17 +6,17 @@ import argparse
 from pathlib import Path
 
 from ..models.heads import list_models, model_config
+from ..training.pseudo_fakes import TRAINING_FAKES
 from ..training.train import TrainConfig
+from .options import add_config_options, add_recipe_option, recipe_from
 
 DEFAULT_MODELS = ["megatron-small", "lstm", "frame-cnn"]
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "patience", "seed", "device")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training.compare import compare_models, write_leaderboard
 
-    train_cfg = TrainConfig(**{name: getattr(args, name) for name in TRAIN_OPTIONS
-                               if getattr(args, name) is not None})
+    train_cfg = args.train_options.apply(args, recipe_from(args).train)
     models = {name: model_config(name) for name in args.models}
     table = compare_models(args.index, args.embeddings, models, train_cfg, args.out, args.split,
                            args.predict_video)
@@ -41,8 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--predict-video", type=Path, metavar="VIDEO", help="also time `predict` on this "
                         "video with each model (preprocessing included; needs embeddings made by "
                         "`megatron preprocess`)")
-    defaults = TrainConfig()
-    for name in TRAIN_OPTIONS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
-                            help=f"default {getattr(defaults, name)}")
-    parser.set_defaults(handler=run)
+    add_recipe_option(parser)
+    training = parser.add_argument_group("training, the same for every model (TrainConfig)")
+    parser.set_defaults(handler=run, train_options=add_config_options(training, TrainConfig,
+                                                                      choices={"fakes": TRAINING_FAKES}))

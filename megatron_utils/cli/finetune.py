@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
-from fractions import Fraction
 from pathlib import Path
 
 from ..models.backbones import AUTO, list_backbones
 from ..training.attacks import ADVERSARIAL_TRAINING
 from ..training.finetune import FAKES_MODES, FinetuneConfig, finetune
-from .options import add_config_options, add_recipe_option, given, recipe_from
-
-
-def fraction(text: str) -> float:
-    """"4/255" or "0.0157" as a float."""
-    return float(Fraction(text))
+from .options import add_config_options, add_recipe_option, recipe_from
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,20 +19,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_recipe_option(parser)
     settings = parser.add_argument_group("fine-tuning (FinetuneConfig; fakes none: reals and their "
                                          "self-blended pseudo-fakes only; adversarial fgsm-rs: train on "
-                                         "FGSM-with-random-start images)")
-    options = add_config_options(settings, FinetuneConfig, skip=("adversarial_eps",), choices={
+                                         "FGSM-with-random-start images within --adversarial-eps, on pixels "
+                                         "in [0, 1]: 0.0157 or 4/255)")
+    options = add_config_options(settings, FinetuneConfig, choices={
         "backbone": [AUTO, *list_backbones()], "fakes": FAKES_MODES, "adversarial": ADVERSARIAL_TRAINING})
-    settings.add_argument("--eps", type=fraction, dest="adversarial_eps", metavar="EPS",
-                          help="the adversarial L-infinity budget on pixels in [0, 1]: 0.0157 or 4/255")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/finetune-<backbone>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last/")
-    parser.set_defaults(handler=run_finetune, options=[*options, "adversarial_eps"])
+    parser.set_defaults(handler=run_finetune, options=options)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    config = replace(recipe_from(args).finetune, **given(args, args.options))
+    config = args.options.apply(args, recipe_from(args).finetune)
     out = args.out or Path("runs") / f"finetune-{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     best = finetune(args.index, args.faces, config, out, resume=args.resume)
     print(f"fine-tuned embedder: {best} (history: {out / 'history.csv'})")
-    print(f"use it with: megatron preprocess INDEX --rgb-weights {best}")
+    print(f"use it with: megatron preprocess INDEX --embed-rgb-weights {best}")
     return 0

@@ -6,7 +6,9 @@ import argparse
 import glob
 from pathlib import Path
 
+from ..inference.predict import PredictConfig
 from ..preprocessing.video import is_image, is_video
+from .options import add_config_options
 
 EPILOG = """\
 inputs: files, folders (searched recursively for videos and images) and glob patterns ("clips/**/*.mp4").
@@ -74,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not any(path.exists() for path in paths):
         raise FileNotFoundError(f"no input matched: {' '.join(args.inputs)}")
-    options = {"clips_per_video": args.clips, "batch_size": args.batch_size}
     checkpoint = args.run / args.checkpoint if args.checkpoint else args.run
-    given = {name: value for name, value in options.items() if value is not None}
     detector = Detector.from_pretrained(checkpoint, args.device, args.depth_model, args.rgb_weights,
-                                        args.depth_weights, **given)
+                                        args.depth_weights, **args.options.given(args))
     predictions = []
     stems = output_stems(paths)
     folders = None if args.explain is None else [args.explain / stem for stem in stems]
@@ -128,12 +128,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "which frames drove it (Integrated Gradients) and Grad-CAM heat maps of the deciding "
                         "frames; adds an `explanation` field to the JSONL and the heat maps to --annotate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--clips", type=int, help="clips scored per video, sampled as in training "
-                        "(default: the run's clips per video)")
-    parser.add_argument("--batch-size", type=int, help="crops per depth/embedding "
-                        "batch (default: training's)")
     parser.add_argument("--depth-model", metavar="PATH", help="local copy of the run's depth model (a "
                         "save_pretrained folder); its weights must be the training ones")
     parser.add_argument("--rgb-weights", metavar="PATH", help="local copy of the RGB backbone's weights")
     parser.add_argument("--depth-weights", metavar="PATH", help="local copy of the depth backbone's weights")
-    parser.set_defaults(handler=run)
+    coverage = parser.add_argument_group("coverage (PredictConfig; none: the run's own clips per video and "
+                                         "batch sizes, at least half of T frames)")
+    parser.set_defaults(handler=run, options=add_config_options(coverage, PredictConfig))

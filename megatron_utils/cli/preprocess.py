@@ -1,28 +1,19 @@
 """`megatron preprocess`: faces, depth maps, the optional audio stream and embeddings in one go, each stage
-resuming from its cache."""
+resuming from its cache. Every setting is a flag of its section (`--faces-crop-size`, `--embed-rgb-weights`),
+starting from the recipe's value."""
 
 from __future__ import annotations
 
 import argparse
 
-from .extract import add_face_arguments, face_configs, read_items
-from .features import (
-    add_depth_arguments,
-    add_embed_arguments,
-    add_runtime_arguments,
-    depth_config,
-    embed_config,
-)
+from .extract import read_items
+from .options import STAGES, add_recipe_option, add_stage_options, preprocess_config
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..preprocessing.audio import AudioConfig
-    from ..preprocessing.preprocess import PreprocessConfig, preprocess
+    from ..preprocessing.preprocess import preprocess
 
-    frames, faces = face_configs(args)
-    audio = AudioConfig(encoder=args.audio, weights=args.audio_weights, device=args.device)
-    config = PreprocessConfig(frames, faces, depth_config(args, "depth_"), embed_config(args, "embed_"),
-                              audio)
+    config = preprocess_config(args, args.options)
     if args.ray is not None:
         from ..preprocessing.cluster import preprocess_on_ray
 
@@ -34,15 +25,13 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary())
     for stage in ("faces", "depth", "embed"):
         print(f"{stage} cache: {getattr(result, stage).dir}")
-    print(f"rgb backbone: {result.embed.config['rgb']['backbone']} ({result.embed.config['rgb']['weights']})")
-    print(
-        f"depth backbone: {result.embed.config['depth']['backbone']} "
-        f"({result.embed.config['depth']['weights']})"
-    )
-    print(f"depth model: {args.depth_model} ({result.depth.config['weights']})")
+    for stream in ("rgb", "depth"):
+        print(f"{stream} backbone: {result.embed.config[stream]['backbone']} "
+              f"({result.embed.config[stream]['weights']})")
+    print(f"depth model: {config.depth.model} ({result.depth.config['weights']})")
     if result.audio is not None:
         print(f"audio cache: {result.audio.dir}")
-        print(f"audio encoder: {args.audio} ({result.audio.config['weights']})")
+        print(f"audio encoder: {config.audio.encoder} ({result.audio.config['weights']})")
     return 1 if result.failures() else 0
 
 
@@ -54,18 +43,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="INDEX_OR_PATHS",
         help="an index CSV/Parquet with video_id and path columns, or video/image files",
     )
-    add_face_arguments(parser)
-    add_depth_arguments(parser, prefix="depth-")
-    add_embed_arguments(parser, prefix="embed-")
-    add_runtime_arguments(parser)
-    parser.add_argument("--audio", default="none", metavar="ENCODER",
-                        help="the audio stream's encoder (default none: no audio stream; resemblyzer: the "
-                        "pretrained speaker encoder that installs with setup.sh; tiny: random, tests only)")
-    parser.add_argument("--audio-weights", help="a local copy of the audio encoder's weights file")
+    add_recipe_option(parser)
+    parser.add_argument("--workers", type=int, default=None, help="face-extraction processes (default: all "
+                        "CPU cores)")
+    parser.add_argument("--force", action="store_true", help="recompute items already in the caches")
     parser.add_argument("--cache", default=None, help="cache root (default: $MEGATRON_CACHE or ./cache); "
                         "with --ray, a folder every node sees")
     parser.add_argument("--ray", metavar="auto|ADDRESS", help="spread the videos over a Ray cluster (auto: "
                         "the one this machine belongs to; needs `pip install megatron-deepfake[ray]`)")
     parser.add_argument("--ray-actors", type=int, help="workers on the cluster, each loading the models "
                         "once (default: one per GPU, else one per CPU)")
-    parser.set_defaults(handler=run)
+    # T is the frames stage's: the embed stage's frames_per_clip always follows it.
+    parser.set_defaults(handler=run, options=add_stage_options(parser, STAGES,
+                                                               skip={"embed": ("frames_per_clip",)}))

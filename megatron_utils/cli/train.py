@@ -13,7 +13,7 @@ from ..training.corruptions import list_corruptions
 from ..training.evaluate import evaluate_on_data, evaluate_run
 from ..training.pseudo_fakes import TRAINING_FAKES
 from ..training.train import TrainConfig, resume, train
-from .options import add_config_options, add_recipe_option, given, recipe_from
+from .options import add_config_options, add_recipe_option, recipe_from
 
 # Head settings that come from the embed cache or the architecture's name, not from flags.
 FIXED_MODEL_FIELDS = ("rgb_dim", "depth_dim", "audio_dim", "max_len", "num_classes", "architecture")
@@ -61,30 +61,31 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "and .png)")
     parser.add_argument("--eps", nargs="+", type=float, default=[1, 2, 4, 8], metavar="N",
                         help="L-infinity budgets in 1/255 (default: 1 2 4 8)")
-    parser.add_argument("--attack-steps", type=int, default=AttackConfig.steps, help="PGD iterations")
-    parser.add_argument("--attack-step-size", type=float, metavar="N", help="PGD step in 1/255 "
-                        "(default: eps / 4)")
-    parser.add_argument("--queries", type=int, default=AttackConfig.queries, help="Square: queries per clip")
     parser.add_argument("--attack-videos", type=int, metavar="N", help="attack only N videos of the split, "
                         "half real and half fake (attacks through the whole pixel path are slow on a CPU)")
-    parser.set_defaults(handler=run_evaluate)
+    attack = parser.add_argument_group("attacks (AttackConfig: PGD steps and step size on pixels in [0, 1], "
+                                       "e.g. 1/255, default eps / 4; Square's queries per clip)")
+    parser.set_defaults(handler=run_evaluate, attack_options=add_config_options(attack, AttackConfig,
+                                                                                section="attack"))
 
 
 def run_train(args: argparse.Namespace) -> int:
+    training = args.train_options.given(args)
     if args.resume is not None:
-        named = (*args.train_options, *args.model_options, "index", "embeddings", "out", "recipe", "model")
-        others = [name for name in named if name != "epochs" and getattr(args, name) is not None]
+        named = [*training, *args.model_options.given(args)]
+        named += [name for name in ("index", "embeddings", "out", "recipe", "model") if getattr(args, name)]
+        others = [name for name in named if name != "epochs"]
         if others:
             raise ValueError(f"--resume continues the run with its own data and config; only --epochs may "
                              f"change (got --{', --'.join(n.replace('_', '-') for n in others)})")
-        run_dir = resume(args.resume, epochs=args.epochs)
+        run_dir = resume(args.resume, epochs=training.get("epochs"))
     else:
         if args.index is None or args.embeddings is None:
             raise ValueError("--index and --embeddings are required (or --resume RUN_DIR)")
         recipe = recipe_from(args)
-        train_cfg = replace(recipe.train, **given(args, args.train_options))
+        train_cfg = replace(recipe.train, **training)
         name = args.model or recipe.model
-        model_cfg = model_config(name, **given(args, args.model_options))
+        model_cfg = model_config(name, **args.model_options.given(args))
         out = args.out or Path("runs") / f"{name}-{model_cfg.streams}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = train(args.index, args.embeddings, train_cfg, model_cfg, out)
     print(f"run: {run_dir} (best checkpoint: {run_dir / 'best'}, history: {run_dir / 'history.csv'})")
@@ -96,8 +97,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.attack:
         from ..training.attacks import adversarial_table
 
-        config = AttackConfig(steps=args.attack_steps, queries=args.queries,
-                              step_size=args.attack_step_size / 255 if args.attack_step_size else None)
+        config = args.attack_options.apply(args, AttackConfig())
         device = "cpu" if args.device == "auto" else args.device
         table = adversarial_table(args.run_dir, args.attack, args.eps, args.split or "test", args.out, config,
                                   args.checkpoint, device, args.attack_videos)

@@ -28,7 +28,7 @@ class Extra:
 # The packages of each are in pyproject.toml's [project.optional-dependencies], except the no-deps ones.
 EXTRAS = {
     "serve": Extra("the web service and page (`megatron serve`)", "fastapi"),
-    "audio": Extra("the audio stream (`megatron preprocess --audio`)", "librosa"),
+    "audio": Extra("the audio stream (`megatron preprocess --audio-encoder`)", "librosa"),
     "explain": Extra("explanations of verdicts (`megatron predict --explain`)", "captum"),
     "attacks": Extra("adversarial evaluation (`megatron evaluate --attack`)", "torchattacks",
                      no_deps="torchattacks==3.5.1"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.heads import TemporalHead, load_head
+from ..models.heads import TemporalHead
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder
 from ..preprocessing.preprocess import PreprocessConfig
@@ -40,7 +40,7 @@ class MegatronModel(nn.Module):
         run_dir = Path(run_dir)
         config = PreprocessConfig.from_embed_cache(run_dir)  # train copies preprocess.json into the run
         config.depth.device = config.embed.device = device
-        head = load_head(run_dir / checkpoint, map_location=device)
+        head = TemporalHead.from_pretrained(run_dir / checkpoint, map_location=device)
         return cls(DepthEstimator(config.depth), Embedder(config.embed), head).eval()
 
     @property

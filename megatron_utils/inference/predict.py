@@ -12,7 +12,7 @@ the models may replace hub ids, but other weights are refused. The model runs in
 
 Frame sampling is the run's own, by construction: `FramesConfig` from `preprocess.json`, so a new video
 gets exactly the clips `evaluate` scores for an indexed one (same T, same frame spacing, same sampling).
-- `clips_per_video` may be raised (`--clips`) to cover a video more densely; it keeps the training
+- `clips_per_video` may be raised (`--clips-per-video`) to cover a video more densely; it keeps the training
   spacing (uniform clips interleave, consecutive windows spread evenly).
 - Every tracked person (`track="all"`; track 0 has the largest summed face area) is scored on each clip
   in which the face has a crop in at least half of the clip's frames. A face's probability is the mean of
@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 
 from ..core.cache import PREPROCESS_FILE, atomic_path
 from ..core.precision import autocast, resolve_device, training_dtype
-from ..models.checkpoint import load_decision, load_recipe, resolve_checkpoint
-from ..models.heads import TemporalHead, load_head
+from ..models.checkpoint import Checkpoint, Decision, resolve_checkpoint
+from ..models.heads import TemporalHead
 from ..preprocessing.audio import AudioEmbedder
 from ..preprocessing.depth import DepthEstimator
 from ..preprocessing.embed import Embedder, to_clips
@@ -106,8 +106,8 @@ def check_weights(recorded: dict[str, Any], depth: DepthEstimator, embedder: Emb
 class Detector:
     """A trained run ready to score new media; build it with `Detector.from_pretrained`."""
 
-    def __init__(self, model: TemporalHead, preprocessing: PreprocessConfig, config: PredictConfig,
-                 checkpoint: Path, device: torch.device):
+    def __init__(self, model: TemporalHead, decision: Decision, preprocessing: PreprocessConfig,
+                 config: PredictConfig, checkpoint: Path, device: torch.device):
         self.model = model.eval()
         self.preprocessing = preprocessing
         self.frames_per_clip = preprocessing.frames.frames_per_clip
@@ -116,7 +116,7 @@ class Detector:
         self.frames = replace(preprocessing.frames, clips_per_video=self.config.clips_per_video)
         self.checkpoint = checkpoint
         self.device = device
-        self.decision = load_decision(checkpoint)
+        self.decision = decision
         self.threshold = self.decision.threshold
         self.explain_config = ExplainConfig()
         self.face_detector = FaceDetector(preprocessing.faces)
@@ -140,18 +140,24 @@ class Detector:
     def from_pretrained(cls, run_dir_or_checkpoint: str | os.PathLike, device: str = "auto",
                         depth_model: str | None = None, rgb_weights: str | None = None,
                         depth_weights: str | None = None, **overrides: Any) -> Detector:
-        """Load a run's checkpoint (its best/ by default, or a checkpoint folder inside the run), its decision
-        threshold and its preprocessing. `depth_model`, `rgb_weights` and `depth_weights` point at local
-        copies of the training weights; `overrides` are `PredictConfig` fields."""
+        """Load a run's checkpoint (its best/ by default, a checkpoint folder, or a hub repo id): its head,
+        decision threshold and preprocessing (`models.checkpoint.Checkpoint`). `depth_model`, `rgb_weights`
+        and `depth_weights` point at local copies of the training weights; `overrides` are `PredictConfig`
+        fields."""
         known = {f.name for f in fields(PredictConfig)}
         if set(overrides) - known:
             raise ValueError(f"unknown option(s) {sorted(set(overrides) - known)}; known: {sorted(known)}")
         config = PredictConfig(**overrides)
-        run_dir, checkpoint = resolve_checkpoint(run_dir_or_checkpoint)
-        stored = load_recipe(checkpoint)
+        _, folder = resolve_checkpoint(run_dir_or_checkpoint)
+        torch_device = resolve_device(device)
+        saved = Checkpoint.from_pretrained(folder, map_location=torch_device)
+        stored = saved.preprocessing
+        if stored is None:
+            raise FileNotFoundError(f"{folder / PREPROCESS_FILE} does not exist: the run was trained on "
+                                    f"embeddings not made by `megatron preprocess`, so how to preprocess new "
+                                    f"media is unknown")
         recorded = stored.get("weights") or {}
         preprocessing = PreprocessConfig.from_dict(stored["config"])
-        torch_device = resolve_device(device)
         batch = {"batch_size": config.batch_size} if config.batch_size else {}
         embed = preprocessing.embed
         # The backbones the run really used (not "auto", which could resolve differently here).
@@ -170,8 +176,8 @@ class Detector:
                           **batch),
             audio=replace(preprocessing.audio, device=str(torch_device), **batch),
         )
-        model = load_head(checkpoint, map_location=torch_device)
-        detector = cls(model, preprocessing, config, checkpoint, torch_device)
+        detector = cls(saved.head, Decision.from_dict(saved.decision), preprocessing, config, folder,
+                       torch_device)
         check_weights(recorded, detector.depth, detector.embedder, detector.audio)
         logger.info("predict with %s", "; ".join(f"{k}: {v}" for k, v in detector.weights.items()))
         return detector

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.cache import sha256_file
 from ..core.registry import Registry
-from .backbones import WeightsUnavailableError
+from .hub import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 

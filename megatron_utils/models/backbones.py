@@ -4,50 +4,44 @@ Every loader returns the network in eval mode together with what produced it: `w
 words which weights were loaded (logged, and printed by the CLI) and `fingerprint` identifies them
 exactly, so stage caches keyed on it never mix outputs of different weights.
 
-Hub weights are used when the Hugging Face hub can be reached or already sit in the local hub cache.
-Offline (`HF_HUB_OFFLINE=1`, or the hub unreachable), only the local cache is consulted, so nothing
-waits on network retries. The `auto` backbone then falls back, with a warning, to the ImageNet
-MobileNetV2 whose real torchvision weights ship inside a registry package (`assets.py`).
+Hub weights come through `hub.py` (offline-aware). Offline, the `auto` backbone falls back, with a
+warning, to the ImageNet MobileNetV2 whose real torchvision weights ship inside a registry package
+(`assets.py`).
+
+A backbone fine-tuned by `megatron finetune` is a `FrameClassifier` (the backbone plus a linear real/fake
+head) saved through the hub mixin (`hub.HubModule`); `create_backbone` given its folder as
+`weights` returns the tuned backbone.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import logging
 import os
-import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
-import huggingface_hub
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
-from huggingface_hub.errors import HfHubHTTPError
-from safetensors.torch import load_file
+from huggingface_hub import ModelCard
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..core.assets import ASSETS, describe, fetch
 from ..core.cache import sha256_file
 from ..core.registry import Registry
+from .hub import CONFIG_NAME, WEIGHTS_NAME, HubModule, WeightsUnavailableError, hub_download
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 RANDOM_INIT_PREFIX = "random-init:"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-FINETUNED_MARKER = "finetune.json"  # written by `megatron finetune` beside its model.safetensors
-WEIGHTS_NAME = "model.safetensors"
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """Weights that cannot be found locally or fetched; the message says what to do instead."""
+WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
+FRAME_CLASSIFIER = "megatron-frame-classifier"  # the model_type in a fine-tuned embedder's config.json
 
 
 @dataclass(frozen=True)
@@ -58,6 +52,18 @@ class DataConfig:
     std: tuple[float, float, float]
     input_size: int
     interpolation: str = "bicubic"
+
+
+def prepare_pixels(pixels: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bicubic") -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] to the network's input: resized to `size` and normalised. Differentiable,
+    so gradients reach the input pixels."""
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode=interpolation, align_corners=False,
+                               antialias=True).clamp(0.0, 1.0)  # bicubic overshoots; PIL clamps too
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 @dataclass
@@ -77,47 +83,6 @@ class DepthModel:
     patch_size: int  # input sizes must be multiples of it
     weights: str
     fingerprint: str
-
-
-# Hub access ---------------------------------------------------------------------------------------
-def hub_offline() -> bool:
-    """`HF_HUB_OFFLINE` read now (the hub library reads it only once, at import)."""
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return flag.upper() in {"1", "ON", "YES", "TRUE"} or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-@functools.cache
-def _hub_answers() -> bool:
-    url = urlparse(huggingface_hub.constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
-def hub_reachable() -> bool:
-    """Whether to ask the hub at all; a quick probe avoids the hub client's long retry loop."""
-    return not hub_offline() and _hub_answers()
-
-
-def hub_download(repo_id: str, filename: str | None = None) -> Path:
-    """A file of a hub repository (or, without `filename`, its JSON and safetensors files as a
-    folder), downloaded or taken from the local hub cache when offline."""
-    local_only = not hub_reachable()
-    try:
-        if filename is not None:
-            return Path(huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=local_only))
-        return Path(huggingface_hub.snapshot_download(
-            repo_id, local_files_only=local_only, allow_patterns=["*.json", "*.safetensors"]))
-    except (OSError, ValueError, HfHubHTTPError) as error:
-        where = "the hub is offline or unreachable" if local_only else "the hub download failed"
-        raise WeightsUnavailableError(
-            f"cannot load {repo_id!r}: {where} and it is not in the local hub cache "
-            f"({huggingface_hub.constants.HF_HUB_CACHE}). On a machine with internet, save it with "
-            f"save_pretrained (or download the weights file) and pass that local path instead. "
-            f"[{type(error).__name__}: {error}]"
-        ) from error
 
 
 def weights_file(path: str | os.PathLike) -> Path:
@@ -153,11 +118,11 @@ list_backbones = BACKBONES.names
 
 def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
     """Build a registered backbone in eval mode. `weights`: a local file or folder to load instead of
-    the default weights. `auto`: `repvit_m0_9` when its weights are at hand, else `mobilenetv2_offline`
-    with a warning; the returned `Backbone.name` says which one was built."""
-    if name == AUTO and weights is not None and (Path(weights) / FINETUNED_MARKER).is_file():
-        pass  # a fine-tuned checkpoint names its own architecture
-    elif name == AUTO:
+    the default weights, or the folder of a fine-tuned `FrameClassifier` (its backbone is returned). `auto`:
+    `repvit_m0_9` when its weights are at hand, else `mobilenetv2_offline` with a warning; the returned
+    `Backbone.name` says which one was built."""
+    finetuned = weights is not None and is_frame_classifier(weights)
+    if name == AUTO and not finetuned:  # a fine-tuned embedder names its own architecture
         try:
             return create_backbone("repvit_m0_9", pretrained, weights)
         except WeightsUnavailableError as error:
@@ -166,8 +131,10 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
             logger.warning("backbone auto: RepViT weights unavailable (%s). Using mobilenetv2_offline "
                            "(torchvision ImageNet MobileNetV2, packaged weights) instead.", error)
             return create_backbone("mobilenetv2_offline", pretrained)
-    if weights is not None and (Path(weights) / FINETUNED_MARKER).is_file():
-        backbone = _finetuned_backbone(name, Path(weights))
+    if finetuned:
+        backbone = FrameClassifier.from_pretrained(weights).embedder(Path(weights))
+        if name not in (AUTO, backbone.name):
+            raise ValueError(f"{weights} holds a fine-tuned {backbone.name}, not a {name}")
     elif name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join([AUTO, *list_backbones()])}")
     else:
@@ -177,28 +144,6 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
     backbone.model.eval().requires_grad_(False)
     logger.info("backbone %s (%d-d features): %s", backbone.name, backbone.num_features, backbone.weights)
     return backbone
-
-
-def _finetuned_backbone(name: str, folder: Path) -> Backbone:
-    """A backbone fine-tuned by `megatron finetune`: its architecture built bare, then its weights loaded."""
-    info, state, _ = load_finetuned_state(folder)
-    if name not in (AUTO, info["backbone"]):
-        raise ValueError(f"{folder} holds a fine-tuned {info['backbone']}, not a {name}")
-    backbone = BACKBONES.entry(info["backbone"])(pretrained=False)
-    backbone.model.load_state_dict(state)
-    file = folder / "model.safetensors"
-    return replace(backbone, data_config=replace(backbone.data_config, input_size=info["input_size"]),
-                   weights=f"fine-tuned by megatron finetune (from {info['base_weights']})",
-                   fingerprint=f"sha256:{sha256_file(file)}")
-
-
-def load_finetuned_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(finetune.json, backbone state, head state) of a fine-tuned checkpoint folder."""
-    info = json.loads((folder / FINETUNED_MARKER).read_text())
-    state = load_file(str(folder / WEIGHTS_NAME))
-    split = {part: {k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")}
-             for part in ("backbone", "head")}
-    return info, split["backbone"], split["head"]
 
 
 def _timm_backbone(name: str, timm_name: str, file: Path | None, weights: str, fingerprint: str,
@@ -261,6 +206,64 @@ def mobilenetv2_offline(pretrained: bool = True, weights: str | os.PathLike | No
     model.classifier = nn.Identity()
     config = DataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 224, "bilinear")
     return Backbone("mobilenetv2_offline", model, config, model.last_channel, source, fingerprint)
+
+
+# Fine-tuned embedders ----------------------------------------------------------------------------------
+@dataclass
+class FrameClassifierConfig:
+    backbone: str  # the registered backbone: the architecture
+    input_size: int  # side of the images fed to the backbone
+    base_weights: str  # the weights fine-tuning started from, in words (no machine path)
+    base_fingerprint: str  # and by content
+    model_type: str = FRAME_CLASSIFIER  # tells this folder from other saved models
+
+
+def is_frame_classifier(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder holding a saved `FrameClassifier`."""
+    return (Path(path) / CONFIG_NAME).is_file() and \
+        (HubModule.read_config(path) or {}).get("model_type") == FRAME_CLASSIFIER
+
+
+class FrameClassifier(nn.Module, HubModule):
+    """A registered image backbone plus a linear real/fake head: pixels [N, 3, H, W] in [0, 1] -> logits
+    [N]. What `megatron finetune` trains; the embed stage uses its backbone (`embedder`)."""
+
+    config_class = FrameClassifierConfig
+    card_template = "frame_classifier_card.md"
+
+    def __init__(self, config: FrameClassifierConfig, start_from: Backbone | None = None):
+        """`start_from`: the backbone with the weights to fine-tune; without it the architecture is built
+        bare, for saved weights to be loaded into."""
+        super().__init__()
+        self.config = config
+        backbone = start_from or BACKBONES.entry(config.backbone)(pretrained=False)
+        self.data_config = replace(backbone.data_config, input_size=config.input_size)
+        self.num_features = backbone.num_features
+        self.backbone = backbone.model.requires_grad_(True)
+        self.head = nn.Linear(backbone.num_features, 1)
+
+    @classmethod
+    def start(cls, backbone: Backbone, input_size: int | None = None) -> FrameClassifier:
+        """A classifier to fine-tune from `backbone`'s weights, with a new head."""
+        return cls(FrameClassifierConfig(backbone.name, input_size or backbone.data_config.input_size,
+                                         backbone.weights, backbone.fingerprint), backbone)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        data = self.data_config
+        return self.backbone(prepare_pixels(pixels, data.input_size, data.mean, data.std, data.interpolation))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels))[:, 0]
+
+    def embedder(self, folder: Path) -> Backbone:
+        """The tuned backbone, as the embed stage uses it; `folder` is where it was loaded from."""
+        return Backbone(self.config.backbone, self.backbone, self.data_config, self.num_features,
+                        f"fine-tuned by megatron finetune (from {self.config.base_weights})",
+                        f"sha256:{sha256_file(folder / WEIGHTS_NAME)}")
+
+    def generate_model_card(self, selected: dict | None = None) -> ModelCard:  # type: ignore[override]
+        """The card; `selected`: the validation row the checkpoint was chosen on."""
+        return super().generate_model_card(selected=selected)
 
 
 # Depth models -------------------------------------------------------------------------------------

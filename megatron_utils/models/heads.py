@@ -4,8 +4,9 @@ to RGB), pooled per stream and concatenated into a binary head (one logit: fake)
 
 Every temporal head (this one and the baselines of `baselines.py`: an LSTM and a per-frame classifier) is a
 `TemporalHead`: one `MegatronConfig`, whose `architecture` names the class in the `HEADS` registry, the
-same forward signature and the same HF-style folder (config.json + model.safetensors), so training,
-evaluation and prediction take any of them unchanged.
+same forward signature and the same folder (the hub mixin's: config.json + model.safetensors, `hub.py`),
+so training, evaluation and prediction take any of them unchanged; `TemporalHead.from_pretrained` builds
+the architecture a folder's config.json names.
 
 Ablations share this code: `streams="rgb"` or `"depth"` keeps one stream (no cross-attention), and
 `fusion="concat"` keeps both streams but only concatenates their pooled vectors (late fusion).
@@ -20,20 +21,14 @@ masked as attention keys and left out of mean pooling.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..core.registry import Registry
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .hub import HubModule
 
 
 @dataclass
@@ -78,13 +73,6 @@ class MegatronConfig:
         if unknown:
             raise ValueError(f"unknown MegatronConfig fields: {sorted(unknown)}")
         return cls(**values)
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MegatronConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 POOLINGS = {"megatron": ("cls", "mean"), "lstm": ("mean", "last"), "frame": ("mean", "max")}
@@ -179,11 +167,14 @@ def encoder(config: MegatronConfig) -> nn.TransformerEncoder:
                                  enable_nested_tensor=False)
 
 
-class TemporalHead(nn.Module):
-    """What every temporal head shares: its config, the streams it reads, the HF-style folder.
+class TemporalHead(nn.Module, HubModule):
+    """What every temporal head shares: its config, the streams it reads, the hub mixin's folder.
 
     forward(rgb [B, T, rgb_dim] | None, depth [B, T, depth_dim] | None, *, valid bool [B, T]) -> logits
     [B, num_classes]; padded frames (valid False) never change the output."""
+
+    config_class = MegatronConfig
+    card_template = "temporal_head_card.md"
 
     def __init__(self, config: MegatronConfig):
         super().__init__()
@@ -231,32 +222,14 @@ class TemporalHead(nn.Module):
             pooled = {**pooled, "audio": torch.where(heard, pooled["audio"], silent)}
         return pooled
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write model.safetensors and config.json (HF style) into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Shared encoders appear under both stream names; safetensors refuses shared storage, so clone.
-        state = {name: tensor.detach().cpu().clone().contiguous()
-                 for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        self.config.save(directory / CONFIG_NAME)
-        return directory
-
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-                        ) -> TemporalHead:
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {name} is missing")
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        architecture = config.get("architecture", "megatron")  # checkpoints before it was named: megatron
-        if HEADS.entry(architecture) is not cls:
-            raise ValueError(f"{directory} holds a {architecture!r} temporal head, not {cls.__name__}; "
-                             f"load it with load_head()")
-        model = cls(MegatronConfig.from_dict(config))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
-        return model.to(map_location)
+    def build(cls, config: MegatronConfig) -> TemporalHead:
+        """The architecture `config` names; loading through a subclass insists on that subclass."""
+        architecture = HEADS.entry(config.architecture)
+        if not issubclass(architecture, cls):
+            raise ValueError(f"the config names a {config.architecture!r} temporal head, not a "
+                             f"{cls.__name__}")
+        return architecture(config)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -319,17 +292,3 @@ class MegatronHead(TemporalHead):
 # Temporal-head architectures by the name a checkpoint's config.json gives.
 HEADS: Registry[type[TemporalHead]] = Registry("temporal head architecture")
 HEADS.register(MegatronHead, "megatron")
-
-
-def create_head(config: MegatronConfig) -> TemporalHead:
-    """A freshly initialised head of the architecture `config` names."""
-    return HEADS.entry(config.architecture)(config)
-
-
-def load_head(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> TemporalHead:
-    """A checkpoint's temporal head, built as the architecture its config.json names."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a Megatron checkpoint: {CONFIG_NAME} is missing")
-    architecture = json.loads(path.read_text()).get("architecture", "megatron")
-    return HEADS.entry(architecture).from_pretrained(directory, map_location)

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.cache import FAILED, OK, StageCache, StageReport
+from ..models.backbones import prepare_pixels
 
 
 def to_unit_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -27,18 +27,6 @@ def to_unit_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     batch = batch.unsqueeze(-1).expand(*batch.shape, 3) if batch.ndim == 3 else batch
     batch = batch.permute(0, 3, 1, 2).float()
     return batch / 255.0 if images.dtype == np.uint8 else batch
-
-
-def prepare_pixels(pixels: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
-                   interpolation: str = "bicubic") -> torch.Tensor:
-    """[N, 3, H, W] in [0, 1] to the network's input: resized to `size` and normalised. Differentiable,
-    so gradients reach the input pixels."""
-    if pixels.shape[-2:] != (size, size):
-        pixels = F.interpolate(pixels, size=(size, size), mode=interpolation, align_corners=False,
-                               antialias=True).clamp(0.0, 1.0)  # bicubic overshoots; PIL clamps too
-    mean_t = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
 
 
 def images_to_tensor(images: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float],

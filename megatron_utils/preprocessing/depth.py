@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from ..core.cache import StageCache, StageReport, file_fingerprint
 from ..core.image_codec import ImageCodec, decode_images, encode_images
 from ..core.precision import autocast, resolve_device, resolve_dtype
-from ..models.backbones import DEFAULT_DEPTH_MODEL, load_depth_model
-from .batching import done_upstream, prepare_pixels, run_batched_stage, to_unit_tensor
+from ..models.backbones import DEFAULT_DEPTH_MODEL, load_depth_model, prepare_pixels
+from .batching import done_upstream, run_batched_stage, to_unit_tensor
 from .faces import read_faces
 
 FACEMESH = "facemesh"  # the offline provider: depth rendered from MediaPipe's 468-point 3D face mesh

@@ -19,8 +19,8 @@ import torch
 
 from ..core.cache import FAILED, StageCache, StageReport, file_fingerprint
 from ..core.precision import autocast, resolve_device, resolve_dtype
-from ..models.backbones import AUTO, Backbone, create_backbone
-from .batching import done_upstream, prepare_pixels, run_batched_stage, to_unit_tensor
+from ..models.backbones import AUTO, Backbone, create_backbone, prepare_pixels
+from .batching import done_upstream, run_batched_stage, to_unit_tensor
 from .depth import read_depth
 from .faces import read_faces
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..core.cache import atomic_path
 from ..core.templates import render
-from ..models.heads import MegatronConfig, load_head
+from ..models.heads import MegatronConfig, TemporalHead
 from .evaluate import evaluate_run
 from .loop import STATE_JSON
 from .train import TrainConfig, resume, train
@@ -73,7 +73,7 @@ def compare_models(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str
         state = json.loads((run_dir / "last" / STATE_JSON).read_text())
         history = pd.read_csv(run_dir / "history.csv")
         row = {"model": name, "architecture": model_cfg.architecture,
-               "parameters": load_head(run_dir / "best").num_parameters(),
+               "parameters": TemporalHead.from_pretrained(run_dir / "best").num_parameters(),
                "best_val_auc": state["best_score"],  # the selection's: the head's score is its val AUC
                f"{split}_auc": overall["auc"], f"{split}_auc_low": overall["auc_low"],
                f"{split}_auc_high": overall["auc_high"],

@@ -35,8 +35,8 @@ from ..core.precision import autocast, resolve_device, training_dtype
 from ..core.templates import render
 from ..datasets import build_index, read_index, write_index
 from ..models.backbones import RANDOM_INIT_PREFIX
-from ..models.checkpoint import DECISION_FILE, Decision, load_decision, write_model_card
-from ..models.heads import TemporalHead, load_head
+from ..models.checkpoint import DECISION_FILE, Checkpoint, Decision, load_decision
+from ..models.heads import TemporalHead
 from ..preprocessing.depth import FACEMESH
 from ..preprocessing.preprocess import PreprocessConfig, preprocess
 from ..visualization.plots import plot_confusion, plot_roc, plot_training_curves
@@ -220,7 +220,7 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
 
     torch_device = resolve_device(device)
-    model = load_head(run_dir / checkpoint, map_location=torch_device)
+    model = TemporalHead.from_pretrained(run_dir / checkpoint, map_location=torch_device)
     preprocessing = preprocessing_config(embed_cache_dir)
     trained_key = run_config["preprocessing"]["key"]
     if preprocessing["config"] != run_config["preprocessing"]["config"]:
@@ -260,8 +260,9 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
     write_reports(out_dir, provenance, metrics, figures)
     overall = metrics.iloc[0]
     if index is None and split == "test" and (run_dir / checkpoint / DECISION_FILE).is_file():
-        test_metrics = {**overall.to_dict(), "split": split}
-        write_model_card(run_dir / checkpoint, test_metrics)
+        folder = run_dir / checkpoint
+        test_metrics = metrics.to_dict("records")[0]  # Python numbers, for evaluation.json
+        Checkpoint.from_pretrained(folder).record_evaluation(folder, {**test_metrics, "split": split})
     log.info("%s split of %s: video AUC %.4f, balanced accuracy %.4f at threshold %.3f (%d videos) -> %s",
              split, index_path, overall["auc"], overall["balanced_accuracy"], threshold, len(scores), out_dir)
     return Evaluation(metrics=metrics, scores=scores, out_dir=out_dir)

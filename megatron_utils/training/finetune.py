@@ -15,9 +15,10 @@ not grow with the dataset. Each crop's randomness is seeded by (seed, epoch, cro
 with any number of workers and resumes exactly. The loop itself is `loop.fit`.
 
 One run is one folder: `best/` (the checkpoint with the best validation score, never chosen on test),
-`last/` (plus optimizer and RNG state, so a killed run resumes), `history.csv` and `finetune.json`.
-`best/` is what the embed stage loads (`EmbedConfig.rgb_weights`); the embed cache key changes with its
-fingerprint.
+`last/` (plus optimizer and RNG state, so a killed run resumes), `history.csv` and `finetune.json` (the
+run's settings). Both checkpoints are `FrameClassifier` folders of the hub mixin (config.json,
+model.safetensors, a model card naming the validation row best/ was chosen on). `best/` is what the embed
+stage loads (`EmbedConfig.rgb_weights`); the embed cache key changes with its fingerprint.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_model
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -43,15 +44,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.cache import StageCache, write_json_atomic
 from ..core.precision import autocast, resolve_device, training_dtype
 from ..datasets import read_index
-from ..models.backbones import (
-    AUTO,
-    FINETUNED_MARKER,
-    WEIGHTS_NAME,
-    Backbone,
-    create_backbone,
-    load_finetuned_state,
-)
-from ..preprocessing.batching import prepare_pixels, to_unit_tensor
+from ..models.backbones import AUTO, FrameClassifier, create_backbone, is_frame_classifier
+from ..models.hub import WEIGHTS_NAME
+from ..preprocessing.batching import to_unit_tensor
 from ..preprocessing.faces import read_face_row, read_faces
 from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
@@ -260,58 +255,13 @@ def loader(dataset: Dataset, plan: BatchPlan, workers: int) -> DataLoader:
                       multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0)
 
 
-# Model ---------------------------------------------------------------------------------------------------
-class FrameClassifier(nn.Module):
-    """A registered image backbone plus a linear real/fake head: pixels [N, 3, H, W] in [0, 1] -> logits
-    [N]."""
-
-    def __init__(self, backbone: Backbone, input_size: int | None = None):
-        super().__init__()
-        self.name, self.base_weights = backbone.name, backbone.weights
-        self.data_config = backbone.data_config
-        self.input_size = input_size or backbone.data_config.input_size
-        self.backbone = backbone.model.requires_grad_(True)
-        self.head = nn.Linear(backbone.num_features, 1)
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        data = self.data_config
-        return self.backbone(prepare_pixels(pixels, self.input_size, data.mean, data.std, data.interpolation))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels))[:, 0]
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """model.safetensors (backbone.* and head.*) and finetune.json, which the backbone loader reads."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        self.write_marker(directory)
-        return directory
-
-    def write_marker(self, directory: Path, selected: dict[str, Any] | None = None) -> None:
-        """finetune.json: the architecture, input size and base weights, and (for a selected checkpoint)
-        the validation row it was chosen on."""
-        write_json_atomic(directory / FINETUNED_MARKER, {"backbone": self.name, "input_size": self.input_size,
-                                                        "base_weights": self.base_weights,
-                                                        "selected": selected})
-
-
 def finetuned_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The selected checkpoint (`best/`) of a fine-tuning run, or an error saying how to make one."""
     best = Path(run_dir) / "best"
-    if not (best / FINETUNED_MARKER).is_file():
+    if not is_frame_classifier(best):
         raise FileNotFoundError(f"{best} holds no fine-tuned embedder: run `megatron finetune` (notebook "
                                 f"02_finetune) first, or embed with the frozen ImageNet weights")
     return best
-
-
-def load_frame_classifier(folder: str | os.PathLike, device: str = "auto") -> FrameClassifier:
-    """A fine-tuned checkpoint folder as the frame classifier it was trained as (backbone and head)."""
-    backbone = create_backbone(AUTO, weights=folder)  # the tuned backbone, its input size included
-    model = FrameClassifier(backbone)
-    model.head.load_state_dict(load_finetuned_state(Path(folder))[2])
-    return model.to(resolve_device(device)).eval()
 
 
 def score_videos(model: FrameClassifier, index: pd.DataFrame, faces: StageCache, split: str | None,
@@ -421,13 +371,11 @@ class EmbedderTask:
         gathered = (world.gather(np.concatenate(parts)) for parts in (probs, sources, videos))
         return validation_metrics(*gathered)
 
-    def complete(self, folder: Path, row: dict[str, Any]) -> None:
-        self.model.write_marker(folder, selected=row)
+    def save_selected(self, folder: Path, row: dict[str, Any]) -> None:
+        self.model.save_pretrained(folder, model_card_kwargs={"selected": row})
 
     def load(self, folder: Path) -> None:
-        _, backbone_state, head_state = load_finetuned_state(folder)
-        self.model.backbone.load_state_dict(backbone_state)
-        self.model.head.load_state_dict(head_state)
+        load_model(self.model, folder / WEIGHTS_NAME, device=str(self.device))
 
 
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
@@ -438,7 +386,7 @@ def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.
     device = resolve_device(config.device)
     with distributed(device) as world:
         if world.main:
-            if (out_dir / "best" / FINETUNED_MARKER).exists() and not resume:
+            if is_frame_classifier(out_dir / "best") and not resume:
                 raise ValueError(f"{out_dir} already holds a fine-tuning run; resume it or choose another "
                                  "folder")
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,13 +404,13 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
     val = frame_refs(table, faces, "val", config.crops_per_video, fakes=with_fakes)
     if not (train.label == 0).any():
         raise ValueError("the train split has no real video with face crops: self-blending needs reals")
-    backbone = create_backbone(config.backbone, weights=config.weights)
-    model = FrameClassifier(backbone, config.input_size)
+    model = FrameClassifier.start(create_backbone(config.backbone, weights=config.weights), config.input_size)
     if world.enabled and device.type == "cuda":  # batch statistics over the global batch, as one GPU sees
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
+    tuned = model.config
     log.info("fine-tuning %s (%s) at %d px on %s: %d train crops (%d real), %d val crops; fakes=%s; "
-             "%d loader workers", model.name, model.base_weights, model.input_size, device, len(train),
+             "%d loader workers", tuned.backbone, tuned.base_weights, tuned.input_size, device, len(train),
              int((train.label == 0).sum()), len(val), config.fakes, config.num_workers)
     if world.main:
         write_json_atomic(out_dir / "finetune.json", {

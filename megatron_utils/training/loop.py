@@ -50,7 +50,7 @@ class Task(Protocol):
     """What a run learns: its model, its data and how it is judged."""
 
     name: str  # "train" or "finetune": names the progress bar and the log lines
-    model: nn.Module  # saved with `save_pretrained(folder)`
+    model: nn.Module  # a hub mixin model (`models.hub`): `save_pretrained(folder)` writes last/
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW's parameter groups; each may carry an `lr_scale` and its own `weight_decay`."""
@@ -66,8 +66,9 @@ class Task(Protocol):
     def validate(self, world: Distributed) -> dict[str, float]:
         """Validation metrics on every rank; `score` selects the checkpoint (higher is better)."""
 
-    def complete(self, folder: Path, row: dict[str, Any]) -> None:
-        """Add what a selected checkpoint needs beside the model's files (`row`: the epoch's history)."""
+    def save_selected(self, folder: Path, row: dict[str, Any]) -> None:
+        """Write the selected checkpoint (best/): the model and what it needs beside it (`row`: the epoch's
+        history)."""
 
     def load(self, folder: Path) -> None:
         """Load the model's weights from a checkpoint folder (to resume)."""
@@ -83,16 +84,13 @@ def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_
 
 
 # Checkpoints ---------------------------------------------------------------------------------------------
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    state: dict | None = None, generator: torch.Generator | None = None,
-                    complete: Callable[[Path], None] | None = None) -> None:
-    """A save_pretrained folder, plus the training state when given and whatever `complete` adds to the
-    folder; replaced as a whole, never half."""
+def save_checkpoint(directory: Path, save: Callable[[Path], None],
+                    optimizer: torch.optim.Optimizer | None = None, state: dict | None = None,
+                    generator: torch.Generator | None = None) -> None:
+    """The folder `save` writes, plus the training state when given; replaced as a whole, never half."""
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if complete is not None:
-        complete(tmp)
+    save(tmp)
     if optimizer is not None:
         optimizer_state = optimizer.state_dict()
         tensors = {f"optimizer.{param}.{name}": value.detach().cpu().contiguous()
@@ -224,11 +222,11 @@ def fit(task: Task, config: Any, out_dir: Path, device: torch.device, world: Dis
         if row["score"] > state["best_score"]:
             state.update(best_score=row["score"], best_epoch=state["epoch"], bad_epochs=0)
             if world.main:
-                save_checkpoint(out_dir / "best", model, complete=functools.partial(task.complete, row=row))
+                save_checkpoint(out_dir / "best", functools.partial(task.save_selected, row=row))
         else:
             state["bad_epochs"] += 1
         if world.main:
-            save_checkpoint(out_dir / "last", model, optimizer, state, generator)
+            save_checkpoint(out_dir / "last", model.save_pretrained, optimizer, state, generator)
             pd.DataFrame(history).to_csv(out_dir / HISTORY, index=False)
         if writer is not None:
             for name, value in row.items():

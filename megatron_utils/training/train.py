@@ -3,13 +3,14 @@
 One run is one folder (runs/<name>/): config.json (model, training, the embed cache's preprocessing
 config and the data used), index.csv (a copy of the index), history.csv, train.log, best/ (the checkpoint
 with the highest validation video AUC, never chosen on test) and last/ (the latest epoch, plus the
-optimizer, schedule, epoch and RNG state for `resume`), each a `save_pretrained` folder.
+optimizer, schedule, epoch and RNG state for `resume`). last/ is the head's hub-mixin folder; best/ is the
+whole detector, a `models.checkpoint.Checkpoint`.
 
 Class imbalance (FF++ has four or five fakes per real) is handled by `pos_weight = reals / fakes` in the
 loss rather than by a weighted sampler: every clip is seen once per epoch and the loss weighs both classes
 equally. The decision rule (`models.checkpoint.Decision`: a threshold at a target false-positive rate on
 validation reals, and an uncertain band) is written once per selected checkpoint, into best/decision.json,
-beside the preprocessing and the model card (`checkpoint.py`).
+beside the preprocessing, its local models and the model card (`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from torch import nn
 from ..core.cache import PREPROCESS_FILE, write_json_atomic
 from ..core.precision import resolve_device
 from ..datasets import read_index
-from ..models.checkpoint import Decision, complete_checkpoint
-from ..models.heads import MegatronConfig, TemporalHead, create_head, load_head
+from ..models.checkpoint import Checkpoint, Decision
+from ..models.heads import MegatronConfig, TemporalHead
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .distributed import Distributed, distributed
 from .evaluate import binary_metrics, choose_decision, clip_logits, fit_platt, video_probabilities
@@ -148,13 +149,14 @@ class HeadTask:
                 "val_balanced_accuracy": metrics["balanced_accuracy"], "val_tpr": metrics["tpr"],
                 "val_uncertain": metrics["uncertain"], **decision.to_dict()}
 
-    def complete(self, folder: Path, row: dict[str, Any]) -> None:
+    def save_selected(self, folder: Path, row: dict[str, Any]) -> None:
         chosen = (*(f.name for f in fields(Decision)), "val_auc", "val_balanced_accuracy", "val_tpr",
                   "val_uncertain", "epoch")
-        complete_checkpoint(folder, self.run_dir, {**{name: row[name] for name in chosen}, **self.selected})
+        decision = {"chosen_on": "val", **{name: row[name] for name in chosen}, **self.selected}
+        Checkpoint.of_run(self.model, self.run_dir, decision).save_pretrained(folder)
 
     def load(self, folder: Path) -> None:
-        self.model.load_state_dict(load_head(folder).state_dict())
+        self.model.load_state_dict(TemporalHead.from_pretrained(folder).state_dict())
 
 
 def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train_cfg: TrainConfig,
@@ -196,7 +198,7 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                      "missing_videos": {**train_clips.missing, **val_clips.missing}},
             "torch": torch.__version__,
         })
-    model = create_head(model_cfg).to(device)
+    model = TemporalHead.build(model_cfg).to(device)
     selected = {"train_data": describe_data(train_clips.videos, "train"),
                 "val_data": describe_data(val_clips.videos, "val"), "train_videos": len(train_clips.videos),
                 "fakes": train_cfg.fakes}
