@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import sys
+import tomllib
 import types
 import typing
 from dataclasses import is_dataclass
@@ -22,7 +23,6 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
-import tomllib
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 from papermill.exceptions import PapermillExecutionError
