@@ -17,9 +17,10 @@ from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .extras import PACKAGE
+
 logger = logging.getLogger(__name__)
 
-DISTRIBUTION = "megatron-deepfake"
 REPOSITORY_LABEL = "Repository"  # the key of [project.urls] that holds the GitHub address
 DEFAULT_BRANCH = "main"
 DRIVE_MOUNTPOINT = Path("/content/drive")
@@ -34,13 +35,13 @@ def in_colab() -> bool:
 def repository_url() -> str:
     """The repository's GitHub address, from the installed package's metadata (pyproject.toml)."""
     try:
-        entries = metadata(DISTRIBUTION).get_all("Project-URL") or []
+        entries = metadata(PACKAGE).get_all("Project-URL") or []
     except PackageNotFoundError as error:
-        raise RuntimeError(f"{DISTRIBUTION} is not installed, so its repository address is unknown: "
+        raise RuntimeError(f"{PACKAGE} is not installed, so its repository address is unknown: "
                            "install it (pip install -e .)") from error
     urls = dict(entry.split(", ", 1) for entry in entries)
     if REPOSITORY_LABEL not in urls:
-        raise RuntimeError(f"the installed {DISTRIBUTION} metadata has no {REPOSITORY_LABEL} URL (it has "
+        raise RuntimeError(f"the installed {PACKAGE} metadata has no {REPOSITORY_LABEL} URL (it has "
                            f"{sorted(urls)}): reinstall it from this checkout (pip install -e .)")
     return urls[REPOSITORY_LABEL]
 
@@ -52,7 +53,7 @@ def github_repo() -> str:
 
 def install_requirement() -> str:
     """What the notebooks' install cell gives pip: this package straight from the repository."""
-    return f"{DISTRIBUTION} @ git+{repository_url()}.git"
+    return f"{PACKAGE} @ git+{repository_url()}.git"
 
 
 def colab_url(notebook: str, branch: str = DEFAULT_BRANCH) -> str:
