@@ -20,7 +20,7 @@ from pathlib import Path
 from .core.cache import write_json_atomic
 from .datasets import build_index, summarize, write_index
 from .datasets.mini import build_mini
-from .models.backbones import RANDOM_INIT_PREFIX, is_frame_classifier, locate_depth_model
+from .models.backbones import RANDOM_INIT_PREFIX, locate_depth_model
 from .models.heads import model_config
 from .models.hub import WeightsUnavailableError
 from .preprocessing.depth import FACEMESH
@@ -88,37 +88,29 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         print(summarize(indexed.table))
 
     with step("faces"):
-        recipe = config.recipe
-        preprocess_config, depth_notice = resolve_depth_model(recipe.preprocess)
-        faces, faces_report = extract_faces(indexed.table, preprocess_config.frames, preprocess_config.faces,
+        preprocess_config, depth_notice = resolve_depth_model(config.recipe.preprocess)
+        recipe = replace(config.recipe, preprocess=preprocess_config)
+        faces, faces_report = extract_faces(indexed.table, recipe.preprocess.frames, recipe.preprocess.faces,
                                             cache_root=config.cache_root, workers=config.workers)
         print(faces_report.summary())
 
     with step("fine-tune the RGB embedder (reals + self-blended pseudo-fakes)"):
         finetune_dir = config.run_dir / "finetune"
-        best = finetune_dir / "best"
-        if is_frame_classifier(best):
-            print(f"{best} already holds the fine-tuned embedder; delete {finetune_dir} to fine-tune again")
-        else:
-            finetune(index_path, faces.dir, recipe.finetune, finetune_dir)
-        embed = replace(preprocess_config.embed, rgb_weights=str(best.resolve()))
-        preprocess_config = replace(preprocess_config, embed=embed)
+        finetune(index_path, faces.dir, recipe.finetune, finetune_dir, resume=True)  # a rerun trains nothing
+        recipe = recipe.with_finetuned(finetune_dir)
 
     with step("preprocess (depth, embeddings)"):
-        result = preprocess(indexed.table, preprocess_config, cache_root=config.cache_root,
+        result = preprocess(indexed.table, recipe.preprocess, cache_root=config.cache_root,
                             workers=config.workers)
         print(result.summary())
         backbones = {stream: result.embed.config[stream] for stream in ("rgb", "depth")}
         weights = {"depth_model": depth_notice, **{f"{stream}_backbone": f"{b['backbone']} ({b['weights']})"
                                                    for stream, b in backbones.items()},
-                   "rgb_finetuned": str(best.resolve())}
+                   "rgb_finetuned": recipe.preprocess.embed.rgb_weights}
 
     with step("train"):
-        run_dir = config.run_dir
-        if not (run_dir / "best" / "config.json").exists():
-            train(index_path, result.embed.dir, recipe.train, model_config(recipe.model), run_dir)
-        else:
-            print(f"{run_dir} already holds a trained model; delete it to train again")
+        run_dir = train(index_path, result.embed.dir, recipe.train, model_config(recipe.model),
+                        config.run_dir, resume=True)
 
     with step("evaluate on the held-out identities (test split)"):
         evaluation = evaluate_run(run_dir, split="test")
@@ -130,7 +122,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         "weights": weights, "run": str(run_dir.resolve()), "report": str(evaluation.out_dir / "report.md"),
         "test_metrics": evaluation.overall(), "seconds": timings,
         "config": {"preset": config.preset, "recipe": recipe.source, "model": recipe.model,
-                   "train": asdict(recipe.train), "preprocess": preprocess_config.to_dict()},
+                   "train": asdict(recipe.train), "preprocess": recipe.preprocess.to_dict()},
     }
     write_json_atomic(run_dir / "demo_summary.json", summary)
     print(f"\nweights used: {json.dumps(weights, indent=2)}")

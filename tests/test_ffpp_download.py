@@ -4,6 +4,7 @@ terms of use the same way, fetch the official file lists and write tiny files in
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -176,3 +177,12 @@ def test_cli_exit_status_and_bad_arguments(tmp_path, capsys):
         download_ffpp(DownloadConfig(stand_in(tmp_path), out, methods=("Deepfake",)))
     with pytest.raises(ValueError, match="unknown compression"):
         download_ffpp(DownloadConfig(stand_in(tmp_path), out, compression="c30"))
+
+
+def test_without_a_terminal_the_terms_flag_is_asked_for_before_the_script_runs(tmp_path, monkeypatch):
+    """A notebook has no terminal to answer the script's terms-of-use prompt: the script would die on end of
+    input, so the error names the flag instead, and nothing runs."""
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    with pytest.raises(ValueError, match="ACCEPT_FFPP_TOS = True"):
+        download_ffpp(DownloadConfig(stand_in(tmp_path), tmp_path / "ffpp", methods=("FaceSwap",)))
+    assert calls(tmp_path) == []

@@ -124,6 +124,12 @@ def test_a_killed_run_resumes_as_if_never_stopped(faces, tmp_path, monkeypatch, 
     resumed = pd.read_csv(tmp_path / "halted" / "history.csv")
     columns = ["epoch", "train_loss", "val_sbi_auc"]
     pd.testing.assert_frame_equal(straight[columns], resumed[columns], rtol=1e-4)
+    # Notebook 02 run again: the finished run trains nothing; other settings are refused, by name.
+    written = (tmp_path / "halted" / "last" / "training_state.json").stat().st_mtime_ns
+    finetune(table, cache.dir, tiny(epochs=3), tmp_path / "halted", resume=True)
+    assert (tmp_path / "halted" / "last" / "training_state.json").stat().st_mtime_ns == written
+    with pytest.raises(ValueError, match=r"other settings.*config\.crops_per_video: 4 -> 6"):
+        finetune(table, cache.dir, tiny(epochs=3, crops_per_video=6), tmp_path / "halted", resume=True)
 
 
 def test_imagenet_backbone_learns_to_spot_pseudo_fakes_on_unseen_people(faces, tmp_path):

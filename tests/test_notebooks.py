@@ -1,5 +1,11 @@
-"""The numbered notebooks: their structure (badge, one parameters cell, Drive cell, stored without outputs)
-and a top-to-bottom run of all of them, in order, on the tiny mini dataset with tiny models."""
+"""The numbered notebooks as a Colab user meets them: their structure (badge, the shared parameters and setup
+cell that installs this repository, reads the recipe and runs `megatron doctor`, no logic and no stored
+outputs), and a top-to-bottom run of all of them on the tiny mini dataset with a tiny recipe, then a second
+run of the two that train, which must train nothing.
+
+`tests/test_end_to_end.py` runs the pipeline through `run_demo`; this test covers what only the notebooks do:
+their cells against the public API, the pictures, tables and files they show, prediction with explanations
+and annotated video, and resuming when a notebook is run again."""
 
 from __future__ import annotations
 
@@ -7,55 +13,69 @@ import json
 import re
 import shutil
 import sys
+import tomllib
 import types
+import typing
+from dataclasses import is_dataclass
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import papermill
 import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+from papermill.exceptions import PapermillExecutionError
 
-from megatron_utils.core.colab import GITHUB_REPO, colab_url, mount_drive
+from megatron_utils.core.cache import StageCache, cache_root
+from megatron_utils.core.colab import (
+    colab_url,
+    install_requirement,
+    mount_drive,
+    open_workspace,
+    repository_url,
+)
 from megatron_utils.inference.predict import FaceScore, Prediction, WindowScore
+from megatron_utils.models.backbones import is_frame_classifier
+from megatron_utils.preprocessing.depth import DepthConfig
+from megatron_utils.preprocessing.embed import EmbedConfig
 from megatron_utils.preprocessing.faces import FaceConfig, extract_faces
 from megatron_utils.preprocessing.frames import FramesConfig
+from megatron_utils.preprocessing.preprocess import PreprocessConfig
 from megatron_utils.preprocessing.video import probe, read_image
+from megatron_utils.recipes import Recipe, to_dict
+from megatron_utils.training.finetune import FinetuneConfig
+from megatron_utils.training.train import TrainConfig
 from megatron_utils.visualization import notebook as viz
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 KERNEL = "megatron-notebook-tests"
 
-# Tiny values injected into the parameters cells (each notebook gets the names it declares).
+# The tiny setup: the real chain at toy sizes with random-weight tiny models, one process per stage.
+TINY_RECIPE = Recipe(
+    preprocess=PreprocessConfig(
+        frames=FramesConfig(frames_per_clip=4, clips_per_video=2),
+        faces=FaceConfig(crop_size=64, min_faces=4),
+        depth=DepthConfig(model="random-init:depth-anything-tiny", input_size=56, output_size=64),
+        embed=EmbedConfig(rgb_backbone="tiny_random", depth_backbone="tiny_random")),
+    finetune=FinetuneConfig(backbone="tiny_random", epochs=1, batch_size=8, crops_per_video=4, num_workers=0,
+                            device="cpu"),
+    model="megatron-tiny",
+    train=TrainConfig(epochs=3, batch_size=8, fakes="dataset", device="cpu"))
+# Injected into the parameters cells (each notebook gets the names it declares), besides WORKSPACE and RECIPE.
 TINY = {
     "DATA_DIR": "data/mini-tiny",
-    "CACHE_DIR": "cache",
     "RUN_DIR": "runs/tiny",
-    "DATASET": "mini",
     "MINI_PRESET": "tiny",
-    "MINI_SEED": 0,
-    "FRAMES_PER_CLIP": 4,
-    "CLIPS_PER_VIDEO": 2,
-    "CROP_SIZE": 64,
-    "MIN_FACES": 4,
-    "WORKERS": 2,
-    "DEPTH_MODEL": "random-init:depth-anything-tiny",
-    "RGB_BACKBONE": "tiny_random",
-    "DEPTH_BACKBONE": "tiny_random",
+    "WORKERS": 0,
     "FACE_GRID_VIDEOS": 1,
-    "FINETUNE_EPOCHS": 1,
-    "FINETUNE_BATCH_SIZE": 8,
-    "FINETUNE_CROPS_PER_VIDEO": 4,
     "SHEET_CROPS": 2,
-    "MODEL": "megatron-tiny",
-    "EPOCHS": 3,
-    "BATCH_SIZE": 8,
-    "DEVICE": "cpu",
     "PROJECTION": "pca",
-    "CROSS_DATA_DIR": "data/mini-tiny-seed1",
-    "CROSS_MINI_PRESET": "tiny",
-    "CROSS_MINI_SEED": 1,
     "CLIPS": 2,  # 07: the two training clips of T = 4 frames per video
+    "BATCH_VIDEOS": 2,
+    "CROSS_DATA_DIR": "data/mini-tiny",  # the same videos: 06's optional cell runs, from the caches
+    "CROSS_CACHE_DIR": "cache",
 }
 
 
@@ -67,11 +87,38 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
+def shared_block(parameters: nbformat.NotebookNode) -> str:
+    """The parameters every notebook starts with: the cell up to its first empty line."""
+    return parameters.source.split("\n\n")[0]
+
+
+def recipe_settings() -> set[str]:
+    """Every setting a recipe holds (frames_per_clip, crop_size, epochs, ...), at any depth."""
+    names: set[str] = set()
+    pending: list[type] = [Recipe]
+    while pending:
+        for name, hint in typing.get_type_hints(pending.pop()).items():
+            names.add(name)
+            if is_dataclass(hint):
+                pending.append(hint)
+    return names - {"source"}
+
+
 def test_the_numbered_notebooks_are_all_there():
     names = [path.stem for path in NOTEBOOKS]
     assert names == ["00_setup_and_data", "01_faces", "02_finetune", "03_depth", "04_embeddings", "05_train",
                      "06_evaluate", "07_predict"]
     assert [name[:2] for name in names] == [f"{number:02d}" for number in range(len(names))]
+
+
+def test_the_repository_address_is_written_once_and_installed_from():
+    """pyproject.toml's [project.urls] is the one place: the installed metadata carries it (a stale
+    editable install would not), and colab.py builds the install requirement and badges from it."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    assert repository_url() == declared, "the installed metadata is stale: pip install -e ."
+    assert install_requirement() == f"megatron-deepfake @ git+{declared}.git"
+    owner_name = declared.removeprefix("https://github.com/")
+    assert colab_url("x.ipynb") == f"https://colab.research.google.com/github/{owner_name}/blob/main/notebooks/x.ipynb"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
@@ -83,25 +130,58 @@ def test_notebook_structure(path: Path):
     badge = re.search(r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", first.source)
     assert badge is not None, f"{path.name}: no Open-in-Colab badge in the first cell"
     assert badge.group(1) == colab_url(path.name)
-    assert f"/github/{GITHUB_REPO}/blob/main/notebooks/{path.name}" in badge.group(1)
+    assert "On a Colab T4, FF++ c23" in first.source and "Estimated" in first.source, \
+        f"{path.name}: the first cell states no estimated time and disk for FF++ c23 on a T4"
 
     parameters = parameters_cells(notebook)
     assert len(parameters) == 1, f"{path.name}: expected one cell tagged 'parameters'"
     codes = code_cells(notebook)
     assert codes[0] is parameters[0], f"{path.name}: the parameters cell must be the first code cell"
-    drive = codes[1].source
-    assert "mount_drive(WORKSPACE)" in drive
-    assert 'os.environ["MEGATRON_CACHE"]' in drive
-    assert f"git+https://github.com/{GITHUB_REPO}.git" in drive  # Colab installs this repository
+    declared = {name.lower() for name in papermill.inspect_notebook(str(path))}
+    repeated = declared & recipe_settings()
+    assert not repeated, f"{path.name} declares recipe settings {sorted(repeated)}: they belong to RECIPE"
+
+    setup = codes[1].source
+    install = f'    %pip install --quiet "{install_requirement()}"'
+    assert setup.splitlines()[2:4] == ['if "google.colab" in sys.modules:  # a fresh Colab runtime: install '
+                                       'Megatron from GitHub first', install]
+    for call in ("open_workspace(WORKSPACE, CACHE_DIR)", "mg.load_recipe(RECIPE, OVERRIDES)",
+                 "print(report("):
+        assert call in setup, f"{path.name}: the setup cell does not call {call}"
 
     for cell in codes:
         assert cell.outputs == [], f"{path.name}: stored with outputs; clear them before committing"
         assert cell.execution_count is None, f"{path.name}: stored with execution counts"
+        assert set(cell.metadata) <= {"tags"}, f"{path.name}: stored with run metadata {set(cell.metadata)}"
+        assert not re.search(r"^\s*(def|class) ", cell.source, re.MULTILINE), \
+            f"{path.name}: defines a function or class; logic belongs in megatron_utils"
+    assert "papermill" not in notebook.metadata and "widgets" not in notebook.metadata
+
+
+def test_every_notebook_shares_the_same_parameters_and_setup():
+    """Each notebook runs alone in its own Colab session, so each repeats the shared parameters and the
+    setup cell; they must be the same text everywhere, or one notebook would install, mount or preprocess
+    differently from the others."""
+    notebooks = {path.name: nbformat.read(path, as_version=4) for path in NOTEBOOKS}
+    for part in (lambda nb: shared_block(parameters_cells(nb)[0]), lambda nb: code_cells(nb)[1].source,
+                 lambda nb: nb.cells[3].source):  # the setup cell's explanation
+        texts = {name: part(nb) for name, nb in notebooks.items()}
+        assert len(set(texts.values())) == 1, f"they differ: {texts}"
+
+
+def test_the_ffpp_download_cell_says_how_to_get_the_script_and_accept_the_terms():
+    notebook = nbformat.read(REPO / "notebooks" / "00_setup_and_data.ipynb", as_version=4)
+    option_a = next(cell.source for cell in notebook.cells if cell.source.startswith("## Option A"))
+    for needed in ("request form", "faceforensics_download_v4.py", "MyDrive/megatron", "FFPP_SCRIPT",
+                   "ACCEPT_FFPP_TOS = True", "terms of use"):
+        assert needed in option_a, f"00's FF++ explanation does not mention {needed!r}"
+    download = next(cell.source for cell in code_cells(notebook) if "download_ffpp(" in cell.source)
+    assert "script=workspace / FFPP_SCRIPT" in download and "accept_tos=ACCEPT_FFPP_TOS" in download
 
 
 def test_shared_parameters_have_the_same_defaults():
-    """A setting repeated in several notebooks (paths, T, crop size, models) must not drift apart, or
-    a later notebook would silently recompute everything under another configuration."""
+    """A parameter repeated in several notebooks must not drift apart, or a later notebook would look for
+    another dataset, run or cache."""
     seen: dict[str, tuple[str, str]] = {}
     for path in NOTEBOOKS:
         for name, info in papermill.inspect_notebook(str(path)).items():
@@ -128,6 +208,15 @@ def test_mount_drive_in_colab_uses_my_drive(tmp_path: Path, monkeypatch: pytest.
     assert mounted == [str(tmp_path / "drive")]
     assert folder == tmp_path / "drive" / "MyDrive" / "megatron" and folder.is_dir()
     assert mount_drive(tmp_path / "local", mountpoint=tmp_path / "drive") == tmp_path / "local"
+
+
+def test_open_workspace_puts_every_stage_cache_in_the_workspace(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("MEGATRON_CACHE", raising=False)
+    workspace = open_workspace(tmp_path / "megatron", "caches")
+    assert workspace == tmp_path / "megatron"
+    assert cache_root() == tmp_path / "megatron" / "caches"  # what every stage's StageCache opens under
 
 
 def test_face_report_tables_name_the_failures(asset, cache_dir: Path):
@@ -200,31 +289,90 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return KERNEL
 
 
+def execute(paths: list[Path], kernel: str, workspace: Path, recipe: Path, out: Path
+            ) -> dict[str, nbformat.NotebookNode]:
+    """The notebooks run one after the other as Colab runs each (papermill, the tiny parameters each
+    declares), in one kernel to save its start and imports per notebook; `%reset -f` empties the namespace
+    before each, so none can lean on a name another defined. Returns each run, by name."""
+    cells = []
+    for path in paths:
+        declared = papermill.inspect_notebook(str(path))
+        parameters = {"WORKSPACE": str(workspace), "RECIPE": str(recipe),
+                      **{name: value for name, value in TINY.items() if name in declared}}
+        notebook = papermill.execute_notebook(str(path), None, parameters, prepare_only=True)
+        for cell in [new_code_cell("%reset -f", metadata={"tags": []}), *notebook.cells]:
+            cell.metadata["notebook"] = path.stem
+            cells.append(cell)
+    merged = new_notebook(cells=cells, metadata=notebook.metadata)
+    out.mkdir(parents=True)
+    nbformat.write(merged, out / "all.ipynb")
+    try:
+        papermill.execute_notebook(str(out / "all.ipynb"), str(out / "all.ipynb"), kernel_name=kernel,
+                                   cwd=str(workspace.parent), progress_bar=False, log_output=False)
+    except PapermillExecutionError as error:
+        raise AssertionError(f"{cells[error.cell_index].metadata['notebook']} failed: {error}") from error
+    ran = nbformat.read(out / "all.ipynb", as_version=4)
+    return {path.stem: new_notebook(cells=[c for c in ran.cells if c.metadata["notebook"] == path.stem])
+            for path in paths}
+
+
+def shown(run: nbformat.NotebookNode, kind: str) -> list[str]:
+    """Every output of `kind` ("image/png", "text/plain", "stream") the run displayed, in order."""
+    if kind == "stream":
+        return [output["text"] for cell in code_cells(run) for output in cell.outputs if "text" in output]
+    return [output["data"][kind] for cell in code_cells(run) for output in cell.outputs
+            if kind in output.get("data", {})]
+
+
+def drawn(path: Path) -> bool:
+    image = read_image(path)
+    return image.ndim == 3 and min(image.shape[:2]) > 100 and image.std() > 5
+
+
 @pytest.mark.slow
-def test_notebooks_run_top_to_bottom(tmp_path: Path, kernel: str, tiny_mini):
+def test_notebooks_run_top_to_bottom_and_a_rerun_trains_nothing(tmp_path: Path, kernel: str, tiny_mini):
     workspace = tmp_path / "workspace"
-    executed = tmp_path / "executed"
-    executed.mkdir()
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(TINY_RECIPE)))
     # The session's build of the same preset and seed: notebook 00's build finds every video finished and
     # reuses it (the builder's own resume), instead of building the tiny set a second time.
     shutil.copytree(tiny_mini[0], workspace / "data" / "mini-tiny")
-    for path in NOTEBOOKS:
-        declared = papermill.inspect_notebook(str(path))
-        parameters = {name: value for name, value in TINY.items() if name in declared}
-        papermill.execute_notebook(str(path), str(executed / path.name), kernel_name=kernel,
-                                   parameters={"WORKSPACE": str(workspace), **parameters},
-                                   cwd=str(tmp_path), progress_bar=False, log_output=False)
-        run = nbformat.read(executed / path.name, as_version=4)
-        figures = [output for cell in code_cells(run) for output in cell.outputs
-                   if "image/png" in output.get("data", {})]
-        assert figures, f"{path.name} showed no picture"
-        if path.stem == "07_predict":
-            batch = next(o for o in run.cells[-1].outputs if o.output_type == "execute_result")
-            assert " failed " in batch["data"]["text/plain"]  # the broken file's row, beside the scored
-    assert (workspace / "data" / "mini-tiny" / "index.csv").is_file()
-    assert list((workspace / "cache" / "embed").glob("*/items/*.safetensors"))
-    predicted = workspace / "runs" / "tiny" / "predict"
-    timeline = read_image(predicted / "timeline.png")
-    assert timeline.ndim == 3 and min(timeline.shape[:2]) > 100 and timeline.std() > 5  # a drawn picture
+    executed = execute(NOTEBOOKS, kernel, workspace, recipe, tmp_path / "executed")
+    for name, run in executed.items():
+        assert shown(run, "image/png"), f"{name} showed no picture"
+        assert any("device " in text and "extra serve" in text for text in shown(run, "stream")), \
+            f"{name} printed no `megatron doctor` report"
+        assert any(str(recipe) in text for text in shown(run, "stream")), f"{name} did not read the recipe"
+
+    table = pd.read_csv(workspace / "data" / "mini-tiny" / "index.csv")
+    run_dir = workspace / "runs" / "tiny"
+    faces = StageCache.open(next((workspace / "cache" / "faces").iterdir()), "faces")
+    faces_manifest = viz.manifest_table(faces, table)
+    assert set(faces_manifest["video_id"]) == set(table["video_id"])  # every video: crops or its reason
+    finetuned = run_dir / "finetune"
+    assert is_frame_classifier(finetuned / "best") and drawn(finetuned / "pseudo_fakes.png")
+    assert len(pd.read_csv(finetuned / "history.csv")) == TINY_RECIPE.finetune.epochs
+    embedded = json.loads(next((workspace / "cache" / "embed").glob("*/preprocess.json")).read_text())
+    assert embedded["config"]["embed"]["rgb_weights"] == str((finetuned / "best").resolve())  # 04 used 02's
+    assert len(pd.read_csv(run_dir / "history.csv")) == TINY_RECIPE.train.epochs
+    assert drawn(run_dir / "training_curves.png")
+    overall = json.loads((run_dir / "eval" / "index-test" / "metrics.json").read_text())["metrics"][0]
+    assert 0 <= overall["auc"] <= 1 and (run_dir / "eval" / "index-test" / "report.md").is_file()
+    assert list((run_dir / "eval" / "index-test" / "explain").glob("*/*.png"))  # 06 explained a verdict
+    assert (run_dir / "eval" / "mini-tiny-test" / "metrics.json").is_file()  # and ran the second dataset
+    predicted = run_dir / "predict"
+    assert drawn(predicted / "timeline.png")
     info = probe(predicted / "annotated.mp4")
     assert info.frame_count > 1 and min(info.width, info.height) > 0  # a playable video
+    batch = shown(executed["07_predict"], "text/plain")[-1]
+    assert batch.count(" ok ") == TINY["BATCH_VIDEOS"] and batch.count(" failed ") == 1
+
+    # Run the two training notebooks again, as after a Colab session ended: caches and runs are reused.
+    trained = {folder: (folder / "last" / "training_state.json").stat().st_mtime_ns
+               for folder in (finetuned, run_dir)}
+    manifests = sorted((workspace / "cache").glob("*/*/manifests/*"))
+    execute([REPO / "notebooks" / f"{name}.ipynb" for name in ("02_finetune", "05_train")], kernel, workspace,
+            recipe, tmp_path / "again")
+    assert trained == {folder: (folder / "last" / "training_state.json").stat().st_mtime_ns
+                       for folder in trained}
+    assert sorted((workspace / "cache").glob("*/*/manifests/*")) == manifests  # no stage wrote anything

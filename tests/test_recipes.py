@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import yaml
 
 from megatron_utils.demo import DemoConfig
+from megatron_utils.models.backbones import FRAME_CLASSIFIER
 from megatron_utils.recipes import Recipe, list_recipes, load_recipe, to_dict
 
 
@@ -45,3 +47,17 @@ def test_unknown_keys_and_names_are_refused_with_the_file_and_the_key(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_recipe(empty) == Recipe(source=str(empty))  # an empty file is every default
+
+
+def test_with_finetuned_points_the_rgb_embedder_at_the_runs_best_checkpoint(tmp_path):
+    recipe = load_recipe("ffpp-c23")
+    with pytest.raises(FileNotFoundError, match="02_finetune"):
+        recipe.with_finetuned(tmp_path / "finetune")
+    best = tmp_path / "finetune" / "best"
+    best.mkdir(parents=True)
+    (best / "config.json").write_text(json.dumps({"model_type": FRAME_CLASSIFIER}))  # what a saved one says
+    tuned = recipe.with_finetuned(tmp_path / "finetune")
+    assert tuned.preprocess.embed.rgb_weights == str(best.resolve())
+    assert dataclasses.replace(tuned.preprocess.embed, rgb_weights=None) == recipe.preprocess.embed
+    assert (tuned.train, tuned.finetune, tuned.preprocess.depth) == (recipe.train, recipe.finetune,
+                                                                    recipe.preprocess.depth)

@@ -128,10 +128,17 @@ def test_resume_after_a_kill_continues_exactly(synthetic, full_run, tmp_path, mo
         train(*synthetic, FAST, model_config("megatron-tiny"), tmp_path / "killed")
     with pytest.raises(FileNotFoundError, match="no last/ checkpoint"):
         resume(tmp_path / "never_trained")
-    resumed = resume(tmp_path / "killed")
+    # The same call with resume=True (as notebook 05 makes it, again after a kill) continues the run.
+    resumed = train(*synthetic, FAST, model_config("megatron-tiny"), tmp_path / "killed", resume=True)
     assert_same_weights(weights(resumed), weights(full_run))
     assert list(pd.read_csv(resumed / "history.csv")["epoch"]) == [1, 2, 3, 4, 5]
-    # Resuming with more epochs extends the run.
+    # Once more on the finished run: nothing is trained; with other settings it is refused, naming them.
+    written = (resumed / "last" / "training_state.json").stat().st_mtime_ns
+    train(*synthetic, FAST, model_config("megatron-tiny"), resumed, resume=True)
+    assert (resumed / "last" / "training_state.json").stat().st_mtime_ns == written
+    with pytest.raises(ValueError, match=r"other settings.*train\.lr: 0\.002 -> 0\.1"):
+        train(*synthetic, replace(FAST, lr=0.1), model_config("megatron-tiny"), resumed, resume=True)
+    # Resuming with more epochs extends the run (`megatron train --resume RUN --epochs 6`).
     longer = resume(resumed, epochs=6)
     assert list(pd.read_csv(longer / "history.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
 

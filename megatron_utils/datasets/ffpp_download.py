@@ -193,7 +193,13 @@ def run_script(config: DownloadConfig, part: str) -> int:
     if config.server:
         command += ["--server", config.server]
     logger.info("running %s", shlex.join(command))
-    # The script asks to confirm its terms of use; without accept_tos the user answers on stdin.
+    # The script asks to confirm its terms of use; without accept_tos the user answers on stdin, which a
+    # notebook does not have (the script would die on end of input).
+    if not config.accept_tos and not sys.stdin.isatty():
+        raise ValueError(f"{config.script} asks you to confirm the FaceForensics++ terms of use, and "
+                         "there is no terminal to answer it: read them (the script prints where) and, if you "
+                         "agree, set accept_tos (ACCEPT_FFPP_TOS = True in the notebook, --accept-tos on the "
+                         "command line)")
     completed = subprocess.run(command, input="\n" if config.accept_tos else None, text=True, check=False)
     return completed.returncode
 

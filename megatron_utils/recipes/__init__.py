@@ -24,7 +24,7 @@ import yaml
 
 from ..models.heads import DEFAULT_MODEL
 from ..preprocessing.preprocess import PreprocessConfig
-from ..training.finetune import FinetuneConfig
+from ..training.finetune import FinetuneConfig, finetuned_checkpoint
 from ..training.train import TrainConfig
 
 BUNDLED = Path(__file__).parent
@@ -37,6 +37,13 @@ class Recipe:
     model: str = DEFAULT_MODEL  # a named head configuration (models.heads.MODEL_CONFIGS)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = ""  # the file it was read from, for reports
+
+    def with_finetuned(self, finetune_dir: str | os.PathLike) -> Recipe:
+        """The recipe whose RGB embedder is the one fine-tuned in `finetune_dir` (its `best/`); an error
+        says how to make it if there is none."""
+        best = finetuned_checkpoint(finetune_dir).resolve()
+        embed = dataclasses.replace(self.preprocess.embed, rgb_weights=str(best))
+        return dataclasses.replace(self, preprocess=dataclasses.replace(self.preprocess, embed=embed))
 
 
 def list_recipes() -> list[str]:

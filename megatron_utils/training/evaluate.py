@@ -271,9 +271,10 @@ def evaluate_run(run_dir: str | os.PathLike, index: str | os.PathLike | None = N
 def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split: str | None = "test",
                      dataset: str = "auto", cache_root: str | os.PathLike | None = None,
                      workers: int | None = None, **options) -> Evaluation:
-    """Cross-dataset evaluation in one call: index `data` (a dataset folder, or an index file), preprocess it
-    with the run's own preprocessing (cached, so a second call only evaluates), then evaluate the run on
-    it. `split=None` evaluates every video of the index. `options` go to `evaluate_run`."""
+    """Cross-dataset evaluation in one call: index `data` (a dataset folder, or an index file), preprocess
+    the split's videos with the run's own preprocessing (cached, so a second call only evaluates), then
+    evaluate the run on them. `split=None` evaluates every video of the index. `options` go to
+    `evaluate_run`."""
     run_dir, data = Path(run_dir), Path(data)
     if data.is_file():
         index_path, table = data, read_index(data)
@@ -283,7 +284,8 @@ def evaluate_on_data(run_dir: str | os.PathLike, data: str | os.PathLike, split:
     else:
         raise FileNotFoundError(f"{data} is neither a dataset folder nor an index file")
     config = PreprocessConfig.from_embed_cache(run_dir)  # the run's copy of its training preprocessing
-    result = preprocess(table, config, cache_root=cache_root, workers=workers)
+    evaluated = table if split is None else table[table["split"] == split]  # only what is scored
+    result = preprocess(evaluated, config, cache_root=cache_root, workers=workers)
     log.info("%s preprocessed as %s was trained: %s", data, run_dir, result.summary().replace("\n", "; "))
     return evaluate_run(run_dir, index_path, result.embed.dir, split, **options)
 

@@ -23,6 +23,7 @@ stage loads (`EmbedConfig.rgb_weights`); the embed cache key changes with its fi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -50,12 +51,13 @@ from ..preprocessing.batching import to_unit_tensor
 from ..preprocessing.faces import read_face_row, read_faces
 from .attacks import ADVERSARIAL_TRAINING, fgsm_rs
 from .distributed import Distributed, distributed
-from .loop import Batch, fit, log_to_file
+from .loop import Batch, check_same_run, fit, log_to_file
 from .sbi import AugmentConfig, SBIConfig, augment, self_blend
 
 log = logging.getLogger(__name__)
 
 FAKES_MODES = ("none", "dataset")
+RUN_FILE = "finetune.json"  # in the run folder: its settings, faces cache and crop counts
 REAL, DATASET_FAKE, PSEUDO_FAKE = 0, 1, 2  # where a validation image comes from
 
 
@@ -381,18 +383,24 @@ class EmbedderTask:
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
              config: FinetuneConfig, out_dir: str | os.PathLike, resume: bool = False) -> Path:
     """Fine-tune on the index's train split, select on its val split; returns `<out_dir>/best`. Under
-    torchrun, each process trains on its share of every batch (see `distributed.py`)."""
+    torchrun, each process trains on its share of every batch (see `distributed.py`).
+
+    `resume=True` continues the run in `out_dir` from its last/ checkpoint (a finished run returns at once)
+    or starts it there if the folder holds none; a run there with other settings or crops is refused."""
     out_dir = Path(out_dir)
+    if is_frame_classifier(out_dir / "best") and not resume:
+        raise ValueError(f"{out_dir} already holds a fine-tuning run; resume it or choose another folder")
+    faces = StageCache.open(faces_cache_dir, "faces")
+    if resume and (out_dir / RUN_FILE).exists():
+        saved = json.loads((out_dir / RUN_FILE).read_text())
+        check_same_run(out_dir, {"config": saved["config"], "faces_key": saved.get("faces_key")},
+                       {"config": asdict(config), "faces_key": faces.dir.name})
     device = resolve_device(config.device)
     with distributed(device) as world:
         if world.main:
-            if is_frame_classifier(out_dir / "best") and not resume:
-                raise ValueError(f"{out_dir} already holds a fine-tuning run; resume it or choose another "
-                                 "folder")
             out_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(out_dir / "finetune.log") if world.main else nullcontext():
-            return _finetune(index, StageCache.open(faces_cache_dir, "faces"), config, out_dir, resume,
-                             world.device(device), world)
+            return _finetune(index, faces, config, out_dir, resume, world.device(device), world)
 
 
 def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config: FinetuneConfig,
@@ -413,7 +421,8 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
              "%d loader workers", tuned.backbone, tuned.base_weights, tuned.input_size, device, len(train),
              int((train.label == 0).sum()), len(val), config.fakes, config.num_workers)
     if world.main:
-        write_json_atomic(out_dir / "finetune.json", {
-            "config": asdict(config), "train_crops": len(train), "val_crops": len(val),
+        write_json_atomic(out_dir / RUN_FILE, {
+            "config": asdict(config), "faces_key": faces.dir.name, "train_crops": len(train),
+            "val_crops": len(val),
             "device": str(device), "processes": world.world_size})
     return fit(EmbedderTask(model, faces, train, val, config, device), config, out_dir, device, world, resume)

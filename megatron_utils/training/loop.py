@@ -151,6 +151,26 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def check_same_run(folder: Path, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """A run folder is resumed only with the settings it was started with: a rerun with other settings
+    would otherwise continue under the new ones and mix two runs in one history."""
+    # JSON's view of both (tuples as lists), as the saved side was read from a JSON file
+    before, after = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(wanted)))
+    changed = [f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+               for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+    if changed:
+        raise ValueError(f"{folder} holds a run with other settings, so it cannot be resumed with these "
+                         f"({'; '.join(changed)}); choose another folder, or go back to its settings")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {key: value for name, child in node.items()
+            for key, value in _flatten(child, f"{prefix}.{name}" if prefix else name).items()}
+
+
 # The loop ------------------------------------------------------------------------------------------------
 def fit(task: Task, config: Any, out_dir: Path, device: torch.device, world: Distributed,
         resume: bool = False) -> Path:

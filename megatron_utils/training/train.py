@@ -38,7 +38,7 @@ from ..models.heads import MegatronConfig, TemporalHead
 from .clips import Augmentation, ClipSet, iterate_batches, load_clips, preprocessing_config
 from .distributed import Distributed, distributed
 from .evaluate import binary_metrics, choose_decision, clip_logits, fit_platt, video_probabilities
-from .loop import STATE_JSON, Batch, fit, log_to_file, shares
+from .loop import STATE_JSON, Batch, check_same_run, fit, log_to_file, shares
 from .pseudo_fakes import training_index
 
 log = logging.getLogger(__name__)
@@ -83,16 +83,21 @@ def train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: str | os.Pat
           model_cfg: MegatronConfig, out_dir: str | os.PathLike, resume: bool = False) -> Path:
     """Train on the index's train split, select on its val split; returns the run folder. The embedding
     sizes (and max_len, if shorter than the clips) of `model_cfg` are taken from the embed cache. Under
-    torchrun, each process trains on its share of every batch (see `distributed.py`)."""
+    torchrun, each process trains on its share of every batch (see `distributed.py`).
+
+    `resume=True` continues the run in `out_dir` from its last/ checkpoint (a finished run returns at once)
+    or starts it there if the folder holds none, so running the same call again never trains twice; a run
+    there with other settings is refused."""
     run_dir = Path(out_dir)
+    started = (run_dir / "config.json").exists()
+    if started and not resume:
+        raise ValueError(f"{run_dir} already holds a run; resume it or choose another output folder")
     device = resolve_device(train_cfg.device)
     with distributed(device) as world:
         if world.main:
-            if (run_dir / "config.json").exists() and not resume:
-                raise ValueError(f"{run_dir} already holds a run; resume it or choose another output folder")
             run_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(run_dir / "train.log") if world.main else nullcontext():
-            return _train(index, Path(embed_cache_dir), train_cfg, model_cfg, run_dir, resume,
+            return _train(index, Path(embed_cache_dir), train_cfg, model_cfg, run_dir, started,
                           world.device(device), world)
 
 
@@ -179,7 +184,13 @@ def _train(index: str | os.PathLike | pd.DataFrame, embed_cache_dir: Path, train
                                       for stream, value in train_clips.features.items()},
                         max_len=max(model_cfg.max_len, train_clips.valid.shape[1]))
     index_source = "<DataFrame>" if isinstance(index, pd.DataFrame) else str(Path(index).resolve())
-    if world.main and not resume:
+    if resume:
+        saved = json.loads((run_dir / "config.json").read_text())
+        check_same_run(run_dir, {"model": saved["model"], "train": saved["train"],
+                                 "embed_key": saved["data"]["embed_key"]},
+                       {"model": model_cfg.to_dict(), "train": asdict(train_cfg),
+                        "embed_key": embed_cache_dir.name})
+    elif world.main:
         index_table.to_csv(run_dir / "index.csv", index=False)
         preprocessing = preprocessing_config(embed_cache_dir)
         if preprocessing["pipeline"] is None:
