@@ -230,6 +230,7 @@ def main() -> None:
         rows += report_rows(tested_all, external_all, f"{identities} identities")
         payload["settings"][identities] = {"folds": folds_info, "scores": tested_all.to_dict("records"),
                                            "external_scores": external_all.to_dict("records")}
+        write_results("realfakes-kfold", {"rows": rows, **payload})  # each setting as soon as it is done
     if len(args.identities) > 1:
         payload["growth"] = growth(payload["settings"], rows)
         print("growth with identities:", payload["growth"])
