@@ -3,9 +3,11 @@ faces, fine-tune, depth, embeddings, train, evaluate, report."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from config_walk import config_walk
 
 from megatron_utils.datasets import build_index
 from megatron_utils.datasets.index import shared_identities
@@ -34,10 +36,10 @@ def test_tiny_mini_indexes_with_real_and_fake_in_every_split_and_no_shared_ident
     assert set(table["method"]) == {"original", "FaceSwap", "MouthReenact", "SelfBlend", "VoiceSwap"}
 
 
-def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
-    folder, _ = tiny_mini
-    config = DemoConfig(
-        preset="tiny", data_dir=folder, run_dir=tmp_path / "run", cache_root=tmp_path / "cache", workers=2,
+def tiny_demo_config(folder: Path, out: Path) -> DemoConfig:
+    """The demo on the tiny mini dataset in `folder` with tiny models, writing under `out`."""
+    return DemoConfig(
+        preset="tiny", data_dir=folder, run_dir=out / "run", cache_root=out / "cache", workers=2,
         recipe=Recipe(preprocess=PreprocessConfig(
             frames=FramesConfig(frames_per_clip=4, clips_per_video=2),
             faces=FaceConfig(crop_size=64, min_faces=3),
@@ -47,7 +49,16 @@ def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
         finetune=FinetuneConfig(backbone="tiny_random", epochs=2, crops_per_video=4, batch_size=8),
         model="megatron-tiny", train=TrainConfig(epochs=3, batch_size=8, patience=3, fakes="both")),
     )
-    summary = run_demo(config)
+
+
+def test_demo_pipeline_runs_end_to_end_and_reports(tiny_mini, tmp_path):
+    folder, _ = tiny_mini
+    config = tiny_demo_config(folder, tmp_path)
+    with config_walk() as walk:
+        summary = run_demo(config)
+    # Following the settings through the code climbs back up the layer order at most 8 times (see
+    # tests/config_walk.py; the review of issue 21 counted 19).
+    assert len(walk.climbs) <= 8, walk.describe()
     videos = len(build_index(folder).table)  # every video of the tiny set, its VoiceSwap fakes included
     assert summary["videos"] == videos
     assert summary["weights"]["depth_model"] == FACEMESH  # chosen explicitly: no offline notice
