@@ -21,8 +21,8 @@ What differs from a Colab run, and why:
   count). The three stages then run their resume check over every video, as a restarted Colab session
   does. Head training and evaluation run for real at every size, and so does fine-tuning (one epoch),
   which at the larger sizes is stopped after `--finetune-minutes`: on 2 cores an epoch of 5,000 videos
-  takes about an hour, its memory plateaus within the first steps, and its cost per step does not depend
-  on the number of videos.
+  takes about 11 minutes (720 steps), its memory plateaus within the first steps, and its cost per step
+  does not depend on the number of videos.
 
 Each stage runs in its own process. Its peak memory is the resident size of that process and its
 workers together, sampled every 0.2 s (an upper bound: pages shared between them count in each).
@@ -287,7 +287,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--finetune-minutes", type=float, default=4.0,
                         help="stop fine-tuning after this long at the sizes past the first (an epoch "
-                             "of 5,000 videos takes about an hour on 2 cores; memory plateaus early)")
+                             "of 5,000 videos takes about 11 minutes on 2 cores; memory plateaus early)")
     parser.add_argument("--work", type=Path, default=REPO / "cache" / "bench" / "ffpp-scale")
     parser.add_argument("--stage", choices=STAGES, help="run one stage in this process (used internally)")
     parser.add_argument("--facts", type=Path, help="where --stage writes what it did (used internally)")
