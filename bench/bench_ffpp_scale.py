@@ -40,12 +40,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import psutil
 import timm
-from common import REPO, print_table, write_results
+from common import REPO, fit_frame, print_table, write_results
 from safetensors.torch import save_model
 
 from megatron_utils.core.cache import StageCache, StageReport
@@ -81,17 +79,9 @@ def clip_path(work: Path, source: str, width: int, height: int) -> Path:
         return path
     frames = [frame for _, frame in iter_frames(fetch(source))]
     cycle = frames + frames[-2:0:-1]
-
-    def fitted(frame: np.ndarray) -> np.ndarray:
-        h, w = frame.shape[:2]
-        keep_w, keep_h = min(w, round(h * width / height)), min(h, round(w * height / width))
-        top, left = (h - keep_h) // 2, (w - keep_w) // 2
-        return cv2.resize(frame[top:top + keep_h, left:left + keep_w], (width, height),
-                          interpolation=cv2.INTER_CUBIC)
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_mp4(path, (fitted(cycle[i % len(cycle)]) for i in range(CLIP_FRAMES)), fps=CLIP_FPS,
-                     crf=23, preset="veryfast")
+    return write_mp4(path, (fit_frame(cycle[i % len(cycle)], width, height) for i in range(CLIP_FRAMES)),
+                     fps=CLIP_FPS, crf=23, preset="veryfast")
 
 
 def clips(work: Path) -> list[Path]:
@@ -213,8 +203,8 @@ def preprocess_embed_dir(caches: Path) -> Path:
 
 def report_facts(report: StageReport, cache: StageCache, table: pd.DataFrame) -> dict[str, object]:
     ids = set(table["video_id"])
-    entries = [cache.entry_path(item) for item in ids if cache.entry_path(item).exists()]
-    inodes = {path.stat().st_ino: path.stat().st_size for path in entries}
+    stats = [path.stat() for path in map(cache.entry_path, ids) if path.exists()]
+    inodes = {stat.st_ino: stat.st_size for stat in stats}  # hard-linked repeats count once
     return {"computed": report.done, "resumed": report.skipped, "failed": len(report.failures),
             "stage seconds": round(report.seconds, 1),
             "MB per distinct entry": round(sum(inodes.values()) / max(len(inodes), 1) / 1e6, 3)}
@@ -228,7 +218,7 @@ def link_entries(work: Path, videos: int) -> int:
     caches = [StageCache.open(folder) for stage in ("faces", "depth", "embed")
               for folder in (work / "cache" / stage).iterdir() if folder.is_dir()]
     clip_of_video = {row.video_id: os.path.realpath(row.path) for row in table.itertuples()}
-    done = caches[0].done_items()
+    done = set(caches[0].done_items())
     computed_for_clip = {clip_of_video[item]: item for item in done if item in clip_of_video}
     linked = 0
     for video, clip in clip_of_video.items():

@@ -40,19 +40,18 @@ def bench_video(width: int, height: int, frames: int = 400, out_dir: Path | None
     if path.exists():
         return path
 
-    def resized() -> object:
-        for _, frame in iter_frames(fetch("wolfgang_langer"), range(frames)):
-            h, w = frame.shape[:2]
-            target_aspect = width / height
-            if w / h > target_aspect:  # crop the width
-                keep = int(round(h * target_aspect))
-                frame = frame[:, (w - keep) // 2:(w - keep) // 2 + keep]
-            else:
-                keep = int(round(w / target_aspect))
-                frame = frame[(h - keep) // 2:(h - keep) // 2 + keep]
-            yield cv2.resize(frame, (width, height), interpolation=cv2.INTER_CUBIC)
+    source = iter_frames(fetch("wolfgang_langer"), range(frames))
+    resized = (fit_frame(frame, width, height) for _, frame in source)
+    return write_mp4(path, resized, fps=23.976, crf=23, preset="veryfast")
 
-    return write_mp4(path, resized(), fps=23.976, crf=23, preset="veryfast")
+
+def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The frame's centre cropped to the aspect ratio of `width` x `height`, resized to it."""
+    h, w = frame.shape[:2]
+    keep_w, keep_h = min(w, round(h * width / height)), min(h, round(w * height / width))
+    top, left = (h - keep_h) // 2, (w - keep_w) // 2
+    return cv2.resize(frame[top:top + keep_h, left:left + keep_w], (width, height),
+                      interpolation=cv2.INTER_CUBIC)
 
 
 def print_table(rows: list[dict[str, object]], title: str) -> None:
