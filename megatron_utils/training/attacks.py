@@ -164,7 +164,8 @@ def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: l
                       config: AttackConfig | None = None, checkpoint: str = "best", device: str = "cpu",
                       max_videos: int | None = None) -> pd.DataFrame:
     """Clean and robust video AUC (with interval), balanced accuracy and mean P(true class) of the run on
-    its split, per attack and eps (in 1/255); writes adversarial.csv and adversarial.png."""
+    its split, per attack and eps (in 1/255); writes adversarial.csv, each video's P(fake) per setting in
+    adversarial_scores.csv, and adversarial.png."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / "adversarial"
     config = config or AttackConfig()
@@ -203,9 +204,14 @@ def adversarial_table(run_dir: str | os.PathLike, attacks: list[str], eps_255: l
                      "balanced_accuracy": metrics["balanced_accuracy"],
                      "p_true_class": float(np.mean(np.where(labels == 1, probs, 1 - probs)))})
     result = pd.DataFrame(rows)
+    videos = {"video_id": table["video_id"].to_numpy(), "label": table["label"].to_numpy()}
+    per_video = pd.concat([pd.DataFrame({**videos, "attack": attack, "eps": eps, "probability": probs})
+                           for (attack, eps), probs in scores.items()], ignore_index=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "adversarial.csv") as tmp:
         result.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "adversarial_scores.csv") as tmp:
+        per_video.to_csv(tmp, index=False)
     plot_robustness(result, out_dir / "adversarial.png", kind="attack", level="eps",
                     title="Detection under adversarial attacks (eps in 1/255)")
     log.info("adversarial evaluation of %s on %d %s videos: %s", run_dir, len(table), split, out_dir)
