@@ -17,16 +17,27 @@ are dealt into k folds, stratified by label. For each fold:
 
 Scores are the frame classifier's mean P(fake) per video. Reported: pooled AUC with 95% bootstrap
 intervals, the share of reals called fake at each fold's own threshold (FPR), the share of fakes caught
-(TPR) and the TPR at 5% FPR, per method and per source. `--identities` repeats the k-fold with the real
-training identities subsampled and fits the growth curve (AUC against log identities, extrapolated to FF++'s
-720 training identities); `--minutes` caps each fold's fine-tuning. Run alone:
+(TPR) and the TPR at 5% FPR, per method and per source. Six levers can be swept, each setting a full
+k-fold: `--identities` (the real training identities, subsampled), `--epochs` (the fine-tuning budget, with
+each fold's measured minutes), `--crop-size` (face crops extracted and fine-tuned at that size), `--lr`,
+`--crops-per-video` (frames per real video) and `--recompression` (the JPEG, H.264 and downscale
+augmentation of reals and pseudo-fakes alike, on or off). For every numeric lever given more than one
+value, a straight line in its log is fitted through the pooled AUC and TPR at 5% FPR, plotted, and
+extrapolated (identities: to FF++'s 720 training identities). When recipe levers
+are swept, a "nested choice" row reports what choosing among them delivers: each fold takes the setting
+with the best pseudo-fake AUC on its inner validation reals. Results go to
+bench/results/realfakes-kfold-<levers>.json. Run alone:
 
-    python bench/bench_realfakes_kfold.py [--folds 5] [--identities 10 25 all] [--minutes 4]
+    python bench/bench_realfakes_kfold.py [--folds 5] [--identities 10 25 all] [--epochs 1 2 5]
+                                          [--crop-size 128 192] [--lr 1e-4 3e-4] [--crops-per-video 4 16]
+                                          [--recompression on off]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import re
 import time
@@ -47,6 +58,7 @@ from megatron_utils.models.backbones import FrameClassifier
 from megatron_utils.preprocessing.faces import extract_faces
 from megatron_utils.training.evaluate import binary_metrics, fpr_threshold
 from megatron_utils.training.finetune import finetune, score_videos
+from megatron_utils.training.loop import STATE_JSON
 
 log = logging.getLogger("bench_realfakes_kfold")
 
@@ -138,59 +150,78 @@ def report_rows(tested: pd.DataFrame, external: pd.DataFrame, setting: str) -> l
     return rows
 
 
-def growth(settings: dict[str, dict], rows: list[dict[str, object]], target: int = 720) -> dict[str, object]:
-    """AUC and TPR at 5% FPR (pooled FF++ k-fold) against the real training identities, a straight line in
-    log(identities) fitted through them, and what it predicts at `target` identities (FF++'s train split);
-    plotted into bench/results/realfakes-kfold-growth.png."""
+# lever: (axis label, how a setting names its value); the order is the order of names and run folders
+LEVERS = {"identities": ("real training identities per fold", "{} identities"),
+          "epochs": ("fine-tuning epochs", "{} epochs"),
+          "crop_size": ("face crop size (px)", "{} px"),
+          "lr": ("fine-tuning learning rate", "lr {:g}"),
+          "crops_per_video": ("crops per real video", "{} crops/video"),
+          "recompression": ("recompression augmentation", "recompression {}")}
+EXTRAPOLATE_TO = {"identities": 720}  # FF++'s training identities
+NO_RECOMPRESSION = {"jpeg_p": 0.0, "h264_p": 0.0, "downscale_p": 0.0}
+
+
+def setting_name(setting: dict[str, object]) -> str:
+    return ", ".join(LEVERS[lever][1].format(value) for lever, value in setting.items())
+
+
+def run_folder(setting: dict[str, object]) -> str:
+    return "-".join(f"{lever}-{value:g}" if isinstance(value, float) else f"{lever}-{value}"
+                    for lever, value in setting.items())
+
+
+def curve(lever: str, settings: dict[str, dict], rows: list[dict[str, object]]) -> dict[str, object]:
+    """Pooled FF++ k-fold AUC and TPR at 5% FPR against one lever (the others held), a straight line in
+    log(lever) fitted through them, and for identities what it predicts at FF++'s 720; plotted into
+    bench/results/realfakes-kfold-<lever>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pooled = {row["setting"]: row for row in rows if row["group"] == "FF++ k-fold, all"}
-    people = np.array([np.mean([fold["identities"] for fold in settings[name]["folds"]])
-                       for name in settings])
-    curve: dict[str, object] = {"identities": people.tolist()}
+    # identities as counted in each fold ("all" is a number too); epochs as run, with their minutes
+    x = np.array([np.mean([fold[lever] for fold in entry["folds"]]) if lever == "identities"
+                  else float(entry["setting"][lever]) for entry in settings.values()])
+    result: dict[str, object] = {lever: x.tolist(), "settings": list(settings)}
+    if lever == "epochs":
+        result["finetune_minutes"] = [np.mean([fold["finetune_seconds"] for fold in entry["folds"]]) / 60
+                                      for entry in settings.values()]
+    target = EXTRAPOLATE_TO.get(lever)
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for metric in ("auc", "tpr_at_5fpr"):
-        values = np.array([pooled[f"{name} identities"][metric] for name in settings])
-        slope, intercept = np.polyfit(np.log(people), values, 1)
-        curve[metric] = {"values": values.tolist(), "per_doubling": float(slope * np.log(2)),
-                         f"predicted_at_{target}": float(intercept + slope * np.log(target))}
-        axes.plot(people, values, "o", label=metric)
-        line = np.geomspace(people.min(), target, 50)
+        values = np.array([pooled[name][metric] for name in settings])
+        slope, intercept = np.polyfit(np.log(x), values, 1)
+        result[metric] = {"values": values.tolist(), "per_doubling": float(slope * np.log(2))}
+        line = np.geomspace(x.min(), target or x.max(), 50)
+        if target:
+            result[metric][f"predicted_at_{target}"] = float(intercept + slope * np.log(target))
+        axes.plot(x, values, "o", label=metric)
         axes.plot(line, intercept + slope * np.log(line), "--", linewidth=1)
-    axes.set(xscale="log", xlabel="real training identities per fold", ylabel="pooled FF++ k-fold",
-             ylim=(0, 1), title="realfakes-dev, identity-disjoint k-fold")
+    axes.set(xscale="log", xlabel=LEVERS[lever][0], ylabel="pooled FF++ k-fold", ylim=(0, 1),
+             title="realfakes-dev, identity-disjoint k-fold")
     axes.legend()
     figure.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    figure.savefig(RESULTS / "realfakes-kfold-growth.png", dpi=120)
+    figure.savefig(RESULTS / f"realfakes-kfold-{lever}.png", dpi=120)
     plt.close(figure)
-    return curve
+    return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--identities", nargs="+", default=["all"],
-                        help="real training identities per fold (the growth curve), or 'all'")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="cap on each fold's fine-tuning (default: none, the recipe's epochs)")
-    parser.add_argument("--target-fpr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-realfakes-kfold")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    demo = DemoConfig()  # the demo recipe's faces and fine-tuning: the README model's settings
-    recipe = demo.recipe
-    finetune_config = replace(recipe.finetune, max_minutes=args.minutes)
-    realfakes, installed = realfakes_index(args.data), installed_index(demo)
-    installed = installed[installed["label"] == "real"]  # only reals are trained on
+def run_setting(setting: dict[str, object], realfakes: pd.DataFrame, installed: pd.DataFrame,
+                args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], list[str]]:
+    """One full k-fold at one setting of the levers: the tested FF++ scores, every fold's scores of the
+    external videos, each fold's facts, and the videos whose faces failed."""
+    recipe = DemoConfig().recipe  # the demo recipe's faces and fine-tuning: the README model's settings
+    crop_size = int(setting["crop_size"])
+    faces_config = replace(recipe.preprocess.faces, crop_size=crop_size)
+    augment = recipe.finetune.augment
+    finetune_config = replace(
+        recipe.finetune, max_minutes=args.minutes, epochs=int(setting["epochs"]), input_size=crop_size,
+        lr=float(setting["lr"]), crops_per_video=int(setting["crops_per_video"]),
+        augment=augment if setting["recompression"] == "on" else replace(augment, **NO_RECOMPRESSION))
     faces, report = extract_faces(pd.concat([realfakes, installed], ignore_index=True),
-                                  recipe.preprocess.frames, recipe.preprocess.faces)
+                                  recipe.preprocess.frames, faces_config)
     print(report.summary())
     crops = recipe.preprocess.frames.frames_per_clip * recipe.preprocess.frames.clips_per_video
     faces_cache = StageCache.open(faces.dir)
@@ -200,44 +231,105 @@ def main() -> None:
     ffpp["group"] = identity_groups(ffpp)
     ffpp["fold"] = deal_folds(ffpp, args.folds, args.seed)
     external = realfakes[realfakes["split"] == "external"]
+    count = None if setting["identities"] == "all" else int(setting["identities"])
+    tested, scored_external, folds_info = [], [], []
+    for fold in range(args.folds):
+        table = training_reals(ffpp, installed, fold, args.folds, count, args.seed)
+        run = args.out / run_folder(setting) / f"fold-{fold}"
+        started = time.perf_counter()
+        best = finetune(table, faces.dir, finetune_config, run, resume=True)  # resumes a killed run
+        state = json.loads((best.parent / "last" / STATE_JSON).read_text())
+        model = FrameClassifier.from_pretrained(best)
+        inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
+        threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
+        test = ffpp[ffpp["fold"] == fold].drop(columns=["group", "fold"])
+        tested.append(score_videos(model, test, faces_cache, None, crops).assign(threshold=threshold,
+                                                                                   fold=fold))
+        scored_external.append(score_videos(model, external, faces_cache, None, crops).assign(
+            threshold=threshold, fold=fold))
+        folds_info.append({"fold": fold, "train_reals": int((table["split"] == "train").sum()),
+                           "inner_val_reals": int((table["split"] == "val").sum()),
+                           "identities": int(table["person"].nunique()), "threshold": threshold,
+                           "inner_sbi_auc": state["best_score"], "test_videos": len(test),
+                           "finetune_seconds": round(state["seconds"], 1),
+                           "wall_seconds": round(time.perf_counter() - started, 1)})
+        log.info("fold %d (%s): %s", fold, setting_name(setting), folds_info[-1])
+    return pd.concat(tested), pd.concat(scored_external), folds_info, report.failures
 
+
+def nested_choice(scored: dict[str, tuple], folds: int) -> dict[int, str]:
+    """Each fold's recipe, chosen as a user without fakes would: the setting whose checkpoint reached the
+    highest pseudo-fake AUC on the fold's inner validation reals (never its test videos)."""
+    return {fold: max(scored, key=lambda name: scored[name][2][fold]["inner_sbi_auc"])
+            for fold in range(folds)}
+
+
+def nested_choice_scores(scored: dict[str, tuple],
+                         choice: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tested and external scores of every fold's chosen setting: what the selection procedure, not one
+    setting, delivers."""
+    tested = pd.concat([scored[name][0].query("fold == @fold") for fold, name in choice.items()])
+    external = pd.concat([scored[name][1].query("fold == @fold") for fold, name in choice.items()])
+    return tested, external
+
+
+def main() -> None:
+    demo = DemoConfig()  # the README model's recipe: every lever not swept keeps its value
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--identities", nargs="+", default=["all"],
+                        help="real training identities per fold (the growth curve), or 'all'")
+    parser.add_argument("--epochs", nargs="+", type=int, default=[demo.recipe.finetune.epochs],
+                        help="fine-tuning epochs per fold (the budget curve)")
+    parser.add_argument("--crop-size", nargs="+", type=int,
+                        default=[demo.recipe.preprocess.faces.crop_size],
+                        help="face crop and fine-tuning size in px (the crop-size curve)")
+    parser.add_argument("--lr", nargs="+", type=float, default=[demo.recipe.finetune.lr],
+                        help="fine-tuning learning rate (how far the pretrained network moves)")
+    parser.add_argument("--crops-per-video", nargs="+", type=int,
+                        default=[demo.recipe.finetune.crops_per_video],
+                        help="crops fine-tuned on per real video (frames per identity)")
+    parser.add_argument("--recompression", nargs="+", choices=["on", "off"], default=["on"],
+                        help="the recipe's JPEG, H.264 and downscale augmentation, or none of it")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="cap on each fold's fine-tuning (default: none, the epochs run out)")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-realfakes-kfold")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    realfakes, installed = realfakes_index(args.data), installed_index(demo)
+    installed = installed[installed["label"] == "real"]  # only reals are trained on
+    levers = {lever: getattr(args, lever) for lever in LEVERS}
+    swept = [lever for lever, values in levers.items() if len(values) > 1]
+    name = "-".join(["realfakes-kfold", *swept])
     rows, payload = [], {"args": {k: str(v) for k, v in vars(args).items()}, "environment": environment(),
-                         "finetune": finetune_config.__dict__ | {"sbi": None, "augment": None},
-                         "faces_failures": report.failures, "settings": {}}
-    for identities in args.identities:
-        count = None if identities == "all" else int(identities)
-        tested, scored_external, folds_info = [], [], []
-        for fold in range(args.folds):
-            table = training_reals(ffpp, installed, fold, args.folds, count, args.seed)
-            run = args.out / f"identities-{identities}" / f"fold-{fold}"
-            started = time.perf_counter()
-            best = finetune(table, faces.dir, finetune_config, run, resume=True)  # resumes a killed run
-            seconds = time.perf_counter() - started
-            model = FrameClassifier.from_pretrained(best)
-            inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
-            threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
-            test = ffpp[ffpp["fold"] == fold].drop(columns=["group", "fold"])
-            tested.append(score_videos(model, test, faces_cache, None, crops).assign(threshold=threshold,
-                                                                                       fold=fold))
-            scored_external.append(score_videos(model, external, faces_cache, None, crops).assign(
-                threshold=threshold, fold=fold))
-            folds_info.append({"fold": fold, "train_reals": int((table["split"] == "train").sum()),
-                               "inner_val_reals": int((table["split"] == "val").sum()),
-                               "identities": int(table["person"].nunique()), "threshold": threshold,
-                               "finetune_seconds": round(seconds, 1), "test_videos": len(test)})
-            log.info("fold %d (%s identities): %s", fold, identities, folds_info[-1])
-        tested_all, external_all = pd.concat(tested), pd.concat(scored_external)
-        rows += report_rows(tested_all, external_all, f"{identities} identities")
-        payload["settings"][identities] = {"folds": folds_info, "scores": tested_all.to_dict("records"),
-                                           "external_scores": external_all.to_dict("records")}
-        write_results("realfakes-kfold", {"rows": rows, **payload})  # each setting as soon as it is done
-    if len(args.identities) > 1:
-        payload["growth"] = growth(payload["settings"], rows)
-        print("growth with identities:", payload["growth"])
+                         "finetune": demo.recipe.finetune.__dict__ | {"sbi": None, "augment": None},
+                         "settings": {}}
+    scored = {}
+    for values in itertools.product(*levers.values()):
+        setting = dict(zip(levers, values, strict=True))
+        tested, external, folds_info, failures = run_setting(setting, realfakes, installed, args)
+        scored[setting_name(setting)] = (tested, external, folds_info)
+        rows += report_rows(tested, external, setting_name(setting))
+        payload["settings"][setting_name(setting)] = {
+            "setting": setting, "folds": folds_info, "faces_failures": failures,
+            "scores": tested.to_dict("records"), "external_scores": external.to_dict("records")}
+        write_results(name, {"rows": rows, **payload})  # each setting as soon as it is done
+    if len(scored) > 1 and "identities" not in swept:
+        payload["nested_choice"] = nested_choice(scored, args.folds)
+        rows += report_rows(*nested_choice_scores(scored, payload["nested_choice"]), "nested choice")
+    for lever in swept:
+        if lever == "recompression":  # on or off: rows, no curve
+            continue
+        payload[f"curve_{lever}"] = curve(lever, payload["settings"], rows)
+        print(f"pooled FF++ k-fold against {lever}:", payload[f"curve_{lever}"])
     payload["peak_rss_mb"] = peak_rss_mb()
     print_table(rows, f"realfakes-dev, identity-disjoint {args.folds}-fold, SBI on reals only "
-                      f"(demo recipe: {recipe.finetune.input_size} px, {crops} crops per video)")
-    write_results("realfakes-kfold", {"rows": rows, **payload})
+                      f"(demo recipe otherwise)")
+    write_results(name, {"rows": rows, **payload})
 
 
 if __name__ == "__main__":
