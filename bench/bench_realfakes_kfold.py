@@ -43,6 +43,7 @@ import re
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,7 @@ from megatron_utils.core.cache import StageCache
 from megatron_utils.demo import DemoConfig
 from megatron_utils.models.backbones import FrameClassifier
 from megatron_utils.preprocessing.faces import extract_faces
+from megatron_utils.recipes import Recipe
 from megatron_utils.training.evaluate import binary_metrics, fpr_threshold
 from megatron_utils.training.finetune import finetune, score_videos
 from megatron_utils.training.loop import STATE_JSON
@@ -208,11 +210,18 @@ def curve(lever: str, settings: dict[str, dict], rows: list[dict[str, object]]) 
     return result
 
 
-def run_setting(setting: dict[str, object], realfakes: pd.DataFrame, installed: pd.DataFrame,
-                args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], list[str]]:
-    """One full k-fold at one setting of the levers: the tested FF++ scores, every fold's scores of the
-    external videos, each fold's facts, and the videos whose faces failed."""
-    recipe = DemoConfig().recipe  # the demo recipe's faces and fine-tuning: the README model's settings
+class KFold(NamedTuple):
+    """One full k-fold at one setting of the levers."""
+
+    tested: pd.DataFrame  # the FF++ scores, each item by its own fold's model
+    external: pd.DataFrame  # every fold's scores of the external videos
+    folds: list[dict]  # each fold's facts: sizes, threshold, inner pseudo-fake AUC, times
+    failures: dict[str, str]  # videos whose faces failed, and why
+
+
+def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFrame,
+                installed: pd.DataFrame, args: argparse.Namespace) -> KFold:
+    """The k-fold at `setting`; every lever it does not name keeps `recipe`'s value."""
     crop_size = int(setting["crop_size"])
     faces_config = replace(recipe.preprocess.faces, crop_size=crop_size)
     augment = recipe.finetune.augment
@@ -227,7 +236,7 @@ def run_setting(setting: dict[str, object], realfakes: pd.DataFrame, installed: 
     faces_cache = StageCache.open(faces.dir)
 
     ffpp = realfakes[realfakes["split"] != "external"].reset_index(drop=True)
-    ffpp = ffpp[ffpp["video_id"].map(lambda v: faces_cache.is_done(v))].reset_index(drop=True)
+    ffpp = ffpp[ffpp["video_id"].map(faces_cache.is_done)].reset_index(drop=True)
     ffpp["group"] = identity_groups(ffpp)
     ffpp["fold"] = deal_folds(ffpp, args.folds, args.seed)
     external = realfakes[realfakes["split"] == "external"]
@@ -254,22 +263,22 @@ def run_setting(setting: dict[str, object], realfakes: pd.DataFrame, installed: 
                            "finetune_seconds": round(state["seconds"], 1),
                            "wall_seconds": round(time.perf_counter() - started, 1)})
         log.info("fold %d (%s): %s", fold, setting_name(setting), folds_info[-1])
-    return pd.concat(tested), pd.concat(scored_external), folds_info, report.failures
+    return KFold(pd.concat(tested), pd.concat(scored_external), folds_info, report.failures)
 
 
-def nested_choice(scored: dict[str, tuple], folds: int) -> dict[int, str]:
+def nested_choice(scored: dict[str, KFold], folds: int) -> dict[int, str]:
     """Each fold's recipe, chosen as a user without fakes would: the setting whose checkpoint reached the
     highest pseudo-fake AUC on the fold's inner validation reals (never its test videos)."""
-    return {fold: max(scored, key=lambda name: scored[name][2][fold]["inner_sbi_auc"])
+    return {fold: max(scored, key=lambda name: scored[name].folds[fold]["inner_sbi_auc"])
             for fold in range(folds)}
 
 
-def nested_choice_scores(scored: dict[str, tuple],
+def nested_choice_scores(scored: dict[str, KFold],
                          choice: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tested and external scores of every fold's chosen setting: what the selection procedure, not one
     setting, delivers."""
-    tested = pd.concat([scored[name][0].query("fold == @fold") for fold, name in choice.items()])
-    external = pd.concat([scored[name][1].query("fold == @fold") for fold, name in choice.items()])
+    tested = pd.concat([scored[name].tested.query("fold == @fold") for fold, name in choice.items()])
+    external = pd.concat([scored[name].external.query("fold == @fold") for fold, name in choice.items()])
     return tested, external
 
 
@@ -308,15 +317,14 @@ def main() -> None:
     rows, payload = [], {"args": {k: str(v) for k, v in vars(args).items()}, "environment": environment(),
                          "finetune": demo.recipe.finetune.__dict__ | {"sbi": None, "augment": None},
                          "settings": {}}
-    scored = {}
+    scored: dict[str, KFold] = {}
     for values in itertools.product(*levers.values()):
         setting = dict(zip(levers, values, strict=True))
-        tested, external, folds_info, failures = run_setting(setting, realfakes, installed, args)
-        scored[setting_name(setting)] = (tested, external, folds_info)
-        rows += report_rows(tested, external, setting_name(setting))
+        result = scored[setting_name(setting)] = run_setting(setting, demo.recipe, realfakes, installed, args)
+        rows += report_rows(result.tested, result.external, setting_name(setting))
         payload["settings"][setting_name(setting)] = {
-            "setting": setting, "folds": folds_info, "faces_failures": failures,
-            "scores": tested.to_dict("records"), "external_scores": external.to_dict("records")}
+            "setting": setting, "folds": result.folds, "faces_failures": result.failures,
+            "scores": result.tested.to_dict("records"), "external_scores": result.external.to_dict("records")}
         write_results(name, {"rows": rows, **payload})  # each setting as soon as it is done
     if len(scored) > 1 and "identities" not in swept:
         payload["nested_choice"] = nested_choice(scored, args.folds)
