@@ -184,3 +184,18 @@ def test_adversarial_finetuning_trains_on_fgsm_rs_images_within_eps(faces, tmp_p
     adversarial, standard = (FrameClassifier.from_pretrained(tmp_path / run / "best").state_dict()
                              for run in ("adv", "standard"))
     assert any(not torch.equal(adversarial[name], standard[name]) for name in standard)
+
+
+def test_tune_fraction_keeps_the_early_layers_pretrained(faces, tmp_path, one_torch_thread):
+    table, cache = faces
+    base = create_backbone("tiny_random").model.state_dict()
+    best = finetune(table, cache.dir, tiny(tune_fraction=0.5), tmp_path / "ft")
+    tuned = dict(FrameClassifier.from_pretrained(best).backbone.named_parameters())
+    sizes = np.array([value.numel() for value in tuned.values()])
+    frozen = np.cumsum(sizes[::-1])[::-1] > 0.5 * sizes.sum()  # beyond the last half, from the output
+    assert frozen[0] and not frozen[-1]
+    moved = np.array([not torch.equal(value, base[name]) for name, value in tuned.items()])
+    assert not moved[frozen].any(), [name for name, m in zip(tuned, moved & frozen, strict=True) if m]
+    assert moved[~frozen].mean() > 0.8  # the output end learned (a tensor without gradient may not)
+    with pytest.raises(ValueError, match=r"tune_fraction must lie in \[0, 1\], got 1.5"):
+        tiny(tune_fraction=1.5)

@@ -71,6 +71,10 @@ class FinetuneConfig:
     epochs: int = 8
     batch_size: int = 32  # images per step: half real crops, half their pseudo-fakes (or dataset fakes)
     lr: float = 3e-4  # backbone; the new linear head learns 10x faster
+    # Share of the backbone's weights, counted back from its output, that are tuned; the earlier layers
+    # (edges, textures) keep their pretrained values (their BatchNorm statistics still follow the crops).
+    # 0: only the new head learns (a linear probe).
+    tune_fraction: float = 1.0
     min_lr: float = 1e-5
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
@@ -91,6 +95,8 @@ class FinetuneConfig:
             raise ValueError(f"fakes must be one of {FAKES_MODES}, got {self.fakes!r}")
         if self.adversarial not in ADVERSARIAL_TRAINING:
             raise ValueError(f"adversarial must be one of {ADVERSARIAL_TRAINING}, got {self.adversarial!r}")
+        if not 0.0 <= self.tune_fraction <= 1.0:
+            raise ValueError(f"tune_fraction must lie in [0, 1], got {self.tune_fraction}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2 (half real, half fake), "
                              f"got {self.batch_size}")
@@ -339,7 +345,8 @@ class EmbedderTask:
         self.loader = loader(FinetuneImages(self.pairs, self.validation), self.plan, config.num_workers)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": self.model.backbone.parameters()},
+        tuned = [parameter for parameter in self.model.backbone.parameters() if parameter.requires_grad]
+        return [{"params": tuned},
                 {"params": self.model.head.parameters(), "lr_scale": 10.0}]  # the new head learns faster
 
     def steps_per_epoch(self) -> int:
@@ -380,6 +387,18 @@ class EmbedderTask:
         load_model(self.model, folder / WEIGHTS_NAME, device=str(self.device))
 
 
+def freeze_early_layers(backbone: nn.Module, tune_fraction: float) -> int:
+    """Freezes every parameter tensor of `backbone` that lies before its last `tune_fraction` of weights,
+    counted in values from the output end (registration order is forward order in timm and torchvision);
+    returns the number of values left to tune."""
+    parameters = list(backbone.parameters())
+    sizes = np.array([parameter.numel() for parameter in parameters])
+    to_output = np.cumsum(sizes[::-1])[::-1]  # values from each tensor to the output, itself included
+    for parameter, reach in zip(parameters, to_output, strict=True):
+        parameter.requires_grad_(bool(reach <= tune_fraction * sizes.sum()))
+    return int(sum(parameter.numel() for parameter in parameters if parameter.requires_grad))
+
+
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
              config: FinetuneConfig, out_dir: str | os.PathLike, resume: bool = False) -> Path:
     """Fine-tune on the index's train split, select on its val split; returns `<out_dir>/best`. Under
@@ -413,12 +432,14 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
     if not (train.label == 0).any():
         raise ValueError("the train split has no real video with face crops: self-blending needs reals")
     model = FrameClassifier.start(create_backbone(config.backbone, weights=config.weights), config.input_size)
+    tuned_values = freeze_early_layers(model.backbone, config.tune_fraction)
     if world.enabled and device.type == "cuda":  # batch statistics over the global batch, as one GPU sees
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     tuned = model.config
-    log.info("fine-tuning %s (%s) at %d px on %s: %d train crops (%d real), %d val crops; fakes=%s; "
-             "%d loader workers", tuned.backbone, tuned.base_weights, tuned.input_size, device, len(train),
+    log.info("fine-tuning %s (%s) at %d px on %s, %d of its %d weights: %d train crops (%d real), %d val "
+             "crops; fakes=%s; %d loader workers", tuned.backbone, tuned.base_weights, tuned.input_size,
+             device, tuned_values, sum(p.numel() for p in model.backbone.parameters()), len(train),
              int((train.label == 0).sum()), len(val), config.fakes, config.num_workers)
     if world.main:
         write_json_atomic(out_dir / RUN_FILE, {
