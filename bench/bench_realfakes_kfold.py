@@ -15,22 +15,31 @@ are dealt into k folds, stratified by label. For each fold:
   FF++'s layout (DeepFakeDetection, DeeperForensics, DFDC, one FF++ fake of unknown method), which every
   fold's model scores.
 
+Every test video is also scored after a re-encode (x264 CRF 38 over the c23 files, close to FF++'s c40),
+at the fold's clean threshold and at a second one, set on the inner reals together with the re-encoded
+copies of its FF++ reals. The inner validation's pseudo-fake AUC is also read on re-encoded crops, so
+compression is seen by the test and by the nested choice alike.
+
 Scores are the frame classifier's mean P(fake) per video. Reported: pooled AUC with 95% bootstrap
 intervals, the share of reals called fake at each fold's own threshold (FPR), the share of fakes caught
-(TPR) and the TPR at 5% FPR, per method and per source. Six levers can be swept, each setting a full
+(TPR) and the TPR at 5% FPR, per method and per source. Eight levers can be swept, each setting a full
 k-fold: `--identities` (the real training identities, subsampled), `--epochs` (the fine-tuning budget, with
 each fold's measured minutes), `--crop-size` (face crops extracted and fine-tuned at that size), `--lr`,
-`--crops-per-video` (frames per real video) and `--recompression` (the JPEG, H.264 and downscale
-augmentation of reals and pseudo-fakes alike, on or off). For every numeric lever given more than one
-value, a straight line in its log is fitted through the pooled AUC and TPR at 5% FPR, plotted, and
-extrapolated (identities: to FF++'s 720 training identities). When recipe levers
-are swept, a "nested choice" row reports what choosing among them delivers: each fold takes the setting
-with the best pseudo-fake AUC on its inner validation reals. Results go to
+`--crops-per-video` (frames per real video), `--recompression` (the JPEG, H.264 and downscale
+augmentation of reals and pseudo-fakes alike, on or off), `--tune-fraction` (which layers are tuned:
+the share of the backbone's weights, from its output end; 0 is a linear probe) and `--frames-per-video`
+(frames the faces stage samples per video, the ceiling of `--crops-per-video`; test videos are scored on
+as many). For every numeric lever given more than one value, a straight line in its log is fitted through
+the pooled AUC and TPR at 5% FPR, plotted, and extrapolated (identities: to FF++'s 720 training
+identities). When recipe levers are swept, a "nested choice" row reports what choosing among them
+delivers: each fold takes the setting with the best pseudo-fake AUC on its inner validation reals (the
+mean of clean and re-encoded). Results go to
 bench/results/realfakes-kfold-<levers>.json. Run alone:
 
     python bench/bench_realfakes_kfold.py [--folds 5] [--identities 10 25 all] [--epochs 1 2 5]
                                           [--crop-size 128 192] [--lr 1e-4 3e-4] [--crops-per-video 4 16]
-                                          [--recompression on off]
+                                          [--recompression on off] [--tune-fraction 1 0.5 0.1]
+                                          [--frames-per-video 16 32]
 """
 
 from __future__ import annotations
@@ -54,12 +63,23 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from megatron_utils.core.cache import StageCache
+from megatron_utils.datasets import read_index
 from megatron_utils.demo import DemoConfig
 from megatron_utils.models.backbones import FrameClassifier
 from megatron_utils.preprocessing.faces import extract_faces
+from megatron_utils.preprocessing.video import h264_roundtrip
 from megatron_utils.recipes import Recipe
+from megatron_utils.training.corruptions import H264_CRF, corrupt_split
 from megatron_utils.training.evaluate import binary_metrics, fpr_threshold
-from megatron_utils.training.finetune import finetune, score_videos
+from megatron_utils.training.finetune import (
+    FinetuneConfig,
+    ValidationImages,
+    finetune,
+    frame_probabilities,
+    frame_refs,
+    score_videos,
+    validation_metrics,
+)
 from megatron_utils.training.loop import STATE_JSON
 
 log = logging.getLogger("bench_realfakes_kfold")
@@ -128,13 +148,21 @@ def rates(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict
             "tpr_at_5fpr": metrics["tpr_at_5fpr"]}
 
 
-def report_rows(tested: pd.DataFrame, external: pd.DataFrame, setting: str) -> list[dict[str, object]]:
+def pooled_row(setting: str, group: str, scores: pd.DataFrame, threshold: str = "threshold"
+               ) -> dict[str, object]:
+    """One report row: `rates` of `scores`, each video judged at its fold's `threshold` column."""
+    labels = (scores["label"] == "fake").to_numpy(np.int64)
+    return {"setting": setting, "group": group,
+            **rates(labels, scores["probability"].to_numpy(), scores[threshold].to_numpy())}
+
+
+def report_rows(tested: pd.DataFrame, external: pd.DataFrame, setting: str, copy: str = ""
+                ) -> list[dict[str, object]]:
     """Pooled FF++ k-fold rows (all, each method against all FF++ reals) and the external videos (the mean
-    of every fold's scores and thresholds), per manipulation source."""
+    of every fold's scores and thresholds), per manipulation source; `copy` names a corrupted copy of the
+    videos (its rows are prefixed with it)."""
     def row(name: str, scores: pd.DataFrame) -> dict[str, object]:
-        labels = (scores["label"] == "fake").to_numpy(np.int64)
-        return {"setting": setting, "group": name,
-                **rates(labels, scores["probability"].to_numpy(), scores["threshold"].to_numpy())}
+        return pooled_row(setting, f"{copy}{name}", scores)
 
     rows = [row("FF++ k-fold, all", tested)]
     reals = tested[tested["label"] == "real"]
@@ -158,8 +186,18 @@ LEVERS = {"identities": ("real training identities per fold", "{} identities"),
           "crop_size": ("face crop size (px)", "{} px"),
           "lr": ("fine-tuning learning rate", "lr {:g}"),
           "crops_per_video": ("crops per real video", "{} crops/video"),
-          "recompression": ("recompression augmentation", "recompression {}")}
+          "recompression": ("recompression augmentation", "recompression {}"),
+          "tune_fraction": ("share of the backbone's weights tuned", "{:g} of the backbone tuned"),
+          "frames_per_video": ("frames sampled per video", "{} frames/video")}
 EXTRAPOLATE_TO = {"identities": 720}  # FF++'s training identities
+# Every test video is also scored after a re-encode at this severity of the corruptions benchmark (x264 CRF
+# 38 over FF++'s c23: close to its c40), with the fold's clean threshold: what compression does to a verdict.
+REENCODE = ("h264", 4)
+REENCODED = f"re-encoded CRF {H264_CRF[REENCODE[1]]}: "
+# The inner validation's pseudo-fake AUC is also read with every real crop and pseudo-fake re-encoded as one
+# H.264 intra frame at this quantiser, so the nested choice can weigh compression without any test video.
+INNER_QP = 36
+BOTH_RULE = "threshold on clean and re-encoded inner reals"  # see run_setting
 NO_RECOMPRESSION = {"jpeg_p": 0.0, "h264_p": 0.0, "downscale_p": 0.0}
 
 
@@ -215,24 +253,45 @@ class KFold(NamedTuple):
 
     tested: pd.DataFrame  # the FF++ scores, each item by its own fold's model
     external: pd.DataFrame  # every fold's scores of the external videos
-    folds: list[dict]  # each fold's facts: sizes, threshold, inner pseudo-fake AUC, times
+    tested_reencoded: pd.DataFrame  # the same, for the re-encoded copies (`REENCODE`)
+    external_reencoded: pd.DataFrame
+    folds: list[dict]  # each fold's facts: sizes, threshold, inner pseudo-fake AUCs, times
     failures: dict[str, str]  # videos whose faces failed, and why
 
 
-def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFrame,
+def reencoded_pseudo_fake_auc(model: FrameClassifier, reals: pd.DataFrame, faces: StageCache,
+                              config: FinetuneConfig, crops: int) -> float:
+    """The pseudo-fake AUC of `reals` (inner validation) with each real crop and its pseudo-fake (the ones
+    the fine-tuning's validation draws) re-encoded at `INNER_QP`."""
+    validation = ValidationImages(faces, frame_refs(reals, faces, None, crops), config)
+    images, sources = zip(*((image, source) for i in range(len(validation))
+                            for image, source in zip(*validation[i][:2], strict=True)), strict=True)
+    degraded = np.stack([h264_roundtrip(image, INNER_QP) for image in images])
+    probs = frame_probabilities(model, degraded, next(model.parameters()).device, amp=True)
+    source = np.array(sources)
+    return validation_metrics(probs, source, np.zeros_like(source))["val_sbi_auc"]
+
+
+def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFrame, reencoded: pd.DataFrame,
                 installed: pd.DataFrame, args: argparse.Namespace) -> KFold:
-    """The k-fold at `setting`; every lever it does not name keeps `recipe`'s value."""
-    crop_size = int(setting["crop_size"])
+    """The k-fold at `setting`; every lever it does not name keeps `recipe`'s value. `reencoded`: the
+    re-encoded copies of `realfakes`, scored by the same fold models."""
+    crop_size, crops = int(setting["crop_size"]), int(setting["frames_per_video"])
     faces_config = replace(recipe.preprocess.faces, crop_size=crop_size)
+    frames_config = recipe.preprocess.frames
+    if crops % frames_config.frames_per_clip:
+        raise ValueError(f"frames per video must be a multiple of the {frames_config.frames_per_clip} frames "
+                         f"per clip, got {crops}")
+    frames_config = replace(frames_config, clips_per_video=crops // frames_config.frames_per_clip)
     augment = recipe.finetune.augment
     finetune_config = replace(
         recipe.finetune, max_minutes=args.minutes, epochs=int(setting["epochs"]), input_size=crop_size,
         lr=float(setting["lr"]), crops_per_video=int(setting["crops_per_video"]),
+        tune_fraction=float(setting["tune_fraction"]),
         augment=augment if setting["recompression"] == "on" else replace(augment, **NO_RECOMPRESSION))
-    faces, report = extract_faces(pd.concat([realfakes, installed], ignore_index=True),
-                                  recipe.preprocess.frames, faces_config)
+    faces, report = extract_faces(pd.concat([realfakes, reencoded, installed], ignore_index=True),
+                                  frames_config, faces_config)
     print(report.summary())
-    crops = recipe.preprocess.frames.frames_per_clip * recipe.preprocess.frames.clips_per_video
     faces_cache = StageCache.open(faces.dir)
 
     ffpp = realfakes[realfakes["split"] != "external"].reset_index(drop=True)
@@ -240,8 +299,10 @@ def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFr
     ffpp["group"] = identity_groups(ffpp)
     ffpp["fold"] = deal_folds(ffpp, args.folds, args.seed)
     external = realfakes[realfakes["split"] == "external"]
+    fold_of = dict(zip(ffpp["video_id"], ffpp["fold"], strict=True))
+    reencoded = reencoded.assign(fold=reencoded["original"].map(fold_of))
     count = None if setting["identities"] == "all" else int(setting["identities"])
-    tested, scored_external, folds_info = [], [], []
+    tested, scored_external, tested_reencoded, external_reencoded, folds_info = [], [], [], [], []
     for fold in range(args.folds):
         table = training_reals(ffpp, installed, fold, args.folds, count, args.seed)
         run = args.out / run_folder(setting) / f"fold-{fold}"
@@ -251,35 +312,64 @@ def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFr
         model = FrameClassifier.from_pretrained(best)
         inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
         threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
+        inner_reencoded = reencoded_pseudo_fake_auc(model, table[table["split"] == "val"], faces_cache,
+                                                    finetune_config, crops)
+        # The alternative rule: at most target_fpr of the inner reals above it, counting the re-encoded
+        # videos of its FF++ reals (the only inner reals with re-encoded copies) beside the clean ones.
+        inner_copies = reencoded[reencoded["original"].isin(table.loc[table["split"] == "val", "video_id"])]
+        copies_scored = (score_videos(model, inner_copies.drop(columns=["fold"]), faces_cache, None, crops)
+                         if len(inner_copies) else pd.DataFrame({"probability": []}))  # none with few people
+        both = fpr_threshold(np.r_[inner_reals["probability"], copies_scored["probability"]], args.target_fpr)
+        thresholds = {"threshold": threshold, "threshold_both": both}
         test = ffpp[ffpp["fold"] == fold].drop(columns=["group", "fold"])
-        tested.append(score_videos(model, test, faces_cache, None, crops).assign(threshold=threshold,
+        tested.append(score_videos(model, test, faces_cache, None, crops).assign(**thresholds,
                                                                                    fold=fold))
         scored_external.append(score_videos(model, external, faces_cache, None, crops).assign(
-            threshold=threshold, fold=fold))
+            **thresholds, fold=fold))
+        copies = reencoded[reencoded["fold"] == fold].drop(columns=["fold"])
+        tested_reencoded.append(score_videos(model, copies, faces_cache, None, crops).assign(
+            **thresholds, fold=fold))
+        copies = reencoded[reencoded["split"] == "external"].drop(columns=["fold"])
+        external_reencoded.append(score_videos(model, copies, faces_cache, None, crops).assign(
+            **thresholds, fold=fold))
         folds_info.append({"fold": fold, "train_reals": int((table["split"] == "train").sum()),
                            "inner_val_reals": int((table["split"] == "val").sum()),
-                           "identities": int(table["person"].nunique()), "threshold": threshold,
-                           "inner_sbi_auc": state["best_score"], "test_videos": len(test),
+                           "identities": int(table["person"].nunique()), **thresholds,
+                           "inner_sbi_auc": state["best_score"], "inner_sbi_auc_reencoded": inner_reencoded,
+                           "inner_reencoded_reals": len(copies_scored), "test_videos": len(test),
                            "finetune_seconds": round(state["seconds"], 1),
                            "wall_seconds": round(time.perf_counter() - started, 1)})
         log.info("fold %d (%s): %s", fold, setting_name(setting), folds_info[-1])
-    return KFold(pd.concat(tested), pd.concat(scored_external), folds_info, report.failures)
+    return KFold(pd.concat(tested), pd.concat(scored_external), pd.concat(tested_reencoded),
+                 pd.concat(external_reencoded), folds_info, report.failures)
 
 
 def nested_choice(scored: dict[str, KFold], folds: int) -> dict[int, str]:
     """Each fold's recipe, chosen as a user without fakes would: the setting whose checkpoint reached the
-    highest pseudo-fake AUC on the fold's inner validation reals (never its test videos)."""
-    return {fold: max(scored, key=lambda name: scored[name].folds[fold]["inner_sbi_auc"])
-            for fold in range(folds)}
+    highest pseudo-fake AUC on the fold's inner validation reals (never its test videos), as they are and
+    re-encoded alike (the mean of the two), so a setting cannot win by giving up compressed videos."""
+    def inner(name: str, fold: int) -> float:
+        facts = scored[name].folds[fold]
+        return (facts["inner_sbi_auc"] + facts["inner_sbi_auc_reencoded"]) / 2
+
+    return {fold: max(scored, key=lambda name: inner(name, fold)) for fold in range(folds)}
 
 
-def nested_choice_scores(scored: dict[str, KFold],
-                         choice: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tested and external scores of every fold's chosen setting: what the selection procedure, not one
-    setting, delivers."""
-    tested = pd.concat([scored[name].tested.query("fold == @fold") for fold, name in choice.items()])
-    external = pd.concat([scored[name].external.query("fold == @fold") for fold, name in choice.items()])
-    return tested, external
+def nested_choice_scores(scored: dict[str, KFold], choice: dict[int, str]) -> list[pd.DataFrame]:
+    """The scores of every fold's chosen setting (tested, external, and their re-encoded copies): what the
+    selection procedure, not one setting, delivers."""
+    return [pd.concat([getattr(scored[name], part).query("fold == @fold") for fold, name in choice.items()])
+            for part in ("tested", "external", "tested_reencoded", "external_reencoded")]
+
+
+def kfold_rows(parts: list[pd.DataFrame], setting: str) -> list[dict[str, object]]:
+    """The report rows of one k-fold: the videos as they are, then their re-encoded copies, then both
+    judged at the threshold set on the inner reals as they are and re-encoded alike."""
+    tested, external, tested_reencoded, external_reencoded = parts
+    return [*report_rows(tested, external, setting),
+            *report_rows(tested_reencoded, external_reencoded, setting, REENCODED),
+            *(pooled_row(setting, f"{copy}FF++ k-fold, all, {BOTH_RULE}", scores, "threshold_both")
+              for copy, scores in (("", tested), (REENCODED, tested_reencoded)))]
 
 
 def main() -> None:
@@ -301,6 +391,13 @@ def main() -> None:
                         help="crops fine-tuned on per real video (frames per identity)")
     parser.add_argument("--recompression", nargs="+", choices=["on", "off"], default=["on"],
                         help="the recipe's JPEG, H.264 and downscale augmentation, or none of it")
+    parser.add_argument("--tune-fraction", nargs="+", type=float,
+                        default=[demo.recipe.finetune.tune_fraction],
+                        help="share of the backbone's weights tuned, from its output end (the rest frozen)")
+    frames = demo.recipe.preprocess.frames
+    parser.add_argument("--frames-per-video", nargs="+", type=int,
+                        default=[frames.frames_per_clip * frames.clips_per_video],
+                        help="frames the faces stage samples per video, for training and scoring alike")
     parser.add_argument("--minutes", type=float, default=None,
                         help="cap on each fold's fine-tuning (default: none, the epochs run out)")
     parser.add_argument("--target-fpr", type=float, default=0.05)
@@ -311,6 +408,8 @@ def main() -> None:
 
     realfakes, installed = realfakes_index(args.data), installed_index(demo)
     installed = installed[installed["label"] == "real"]  # only reals are trained on
+    reencoded = read_index(corrupt_split(realfakes, *REENCODE, REPO / "cache" / "realfakes-reencoded"))
+    reencoded["original"] = reencoded["video_id"].str.replace(r"@[^@]+$", "", regex=True)
     levers = {lever: getattr(args, lever) for lever in LEVERS}
     swept = [lever for lever, values in levers.items() if len(values) > 1]
     name = "-".join(["realfakes-kfold", *swept])
@@ -320,17 +419,19 @@ def main() -> None:
     scored: dict[str, KFold] = {}
     for values in itertools.product(*levers.values()):
         setting = dict(zip(levers, values, strict=True))
-        result = scored[setting_name(setting)] = run_setting(setting, demo.recipe, realfakes, installed, args)
-        rows += report_rows(result.tested, result.external, setting_name(setting))
+        result = scored[setting_name(setting)] = run_setting(setting, demo.recipe, realfakes, reencoded,
+                                                             installed, args)
+        rows += kfold_rows(list(result[:4]), setting_name(setting))
         payload["settings"][setting_name(setting)] = {
             "setting": setting, "folds": result.folds, "faces_failures": result.failures,
-            "scores": result.tested.to_dict("records"), "external_scores": result.external.to_dict("records")}
+            **{f"scores_{part}": getattr(result, part).to_dict("records") for part in result._fields[:4]}}
         write_results(name, {"rows": rows, **payload})  # each setting as soon as it is done
     if len(scored) > 1 and "identities" not in swept:
         payload["nested_choice"] = nested_choice(scored, args.folds)
-        rows += report_rows(*nested_choice_scores(scored, payload["nested_choice"]), "nested choice")
+        rows += kfold_rows(nested_choice_scores(scored, payload["nested_choice"]), "nested choice")
     for lever in swept:
-        if lever == "recompression":  # on or off: rows, no curve
+        numeric = [float(value) for value in levers[lever] if value not in ("on", "off", "all")]
+        if lever == "recompression" or min(numeric) <= 0:  # on/off, or no log scale
             continue
         payload[f"curve_{lever}"] = curve(lever, payload["settings"], rows)
         print(f"pooled FF++ k-fold against {lever}:", payload[f"curve_{lever}"])
