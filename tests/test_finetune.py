@@ -1,5 +1,7 @@
 """Fine-tuning the RGB embedder on real crops of the tiny mini dataset and their self-blended pseudo-fakes."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,6 +132,14 @@ def test_a_killed_run_resumes_as_if_never_stopped(faces, tmp_path, monkeypatch, 
     assert (tmp_path / "halted" / "last" / "training_state.json").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match=r"other settings.*config\.crops_per_video: 4 -> 6"):
         finetune(table, cache.dir, tiny(epochs=3, crops_per_video=6), tmp_path / "halted", resume=True)
+    # A run saved before a setting existed resumes with that setting at its default (the old behaviour).
+    run_file = tmp_path / "halted" / "finetune.json"
+    saved = json.loads(run_file.read_text())
+    del saved["config"]["tune_fraction"]
+    run_file.write_text(json.dumps(saved))
+    finetune(table, cache.dir, tiny(epochs=3), tmp_path / "halted", resume=True)
+    with pytest.raises(ValueError, match=r"other settings.*config\.tune_fraction: 1\.0 -> 0\.5"):
+        finetune(table, cache.dir, tiny(epochs=3, tune_fraction=0.5), tmp_path / "halted", resume=True)
 
 
 def test_imagenet_backbone_learns_to_spot_pseudo_fakes_on_unseen_people(faces, tmp_path):

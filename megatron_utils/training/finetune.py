@@ -72,8 +72,8 @@ class FinetuneConfig:
     batch_size: int = 32  # images per step: half real crops, half their pseudo-fakes (or dataset fakes)
     lr: float = 3e-4  # backbone; the new linear head learns 10x faster
     # Share of the backbone's weights, counted back from its output, that are tuned; the earlier layers
-    # (edges, textures) keep their pretrained values (their BatchNorm statistics still follow the crops).
-    # 0: only the new head learns (a linear probe).
+    # (edges, textures) keep their pretrained weights, while their BatchNorm statistics still follow the
+    # crops. 0: only the new head's weights are trained.
     tune_fraction: float = 1.0
     min_lr: float = 1e-5
     warmup_fraction: float = 0.1
@@ -412,7 +412,9 @@ def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.
     faces = StageCache.open(faces_cache_dir, "faces")
     if resume and (out_dir / RUN_FILE).exists():
         saved = json.loads((out_dir / RUN_FILE).read_text())
-        check_same_run(out_dir, {"config": saved["config"], "faces_key": saved.get("faces_key")},
+        # A setting added since the run was saved has its default there: the default is the old behaviour.
+        saved_config = {**asdict(FinetuneConfig()), **saved["config"]}
+        check_same_run(out_dir, {"config": saved_config, "faces_key": saved.get("faces_key")},
                        {"config": asdict(config), "faces_key": faces.dir.name})
     device = resolve_device(config.device)
     with distributed(device) as world:
