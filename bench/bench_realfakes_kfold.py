@@ -260,14 +260,14 @@ class KFold(NamedTuple):
 
 
 def reencoded_pseudo_fake_auc(model: FrameClassifier, reals: pd.DataFrame, faces: StageCache,
-                              config: FinetuneConfig, crops: int) -> float:
+                              config: FinetuneConfig) -> float:
     """The pseudo-fake AUC of `reals` (inner validation) with each real crop and its pseudo-fake (the ones
     the fine-tuning's validation draws) re-encoded at `INNER_QP`."""
-    validation = ValidationImages(faces, frame_refs(reals, faces, None, crops), config)
+    validation = ValidationImages(faces, frame_refs(reals, faces, None, config.crops_per_video), config)
     images, sources = zip(*((image, source) for i in range(len(validation))
                             for image, source in zip(*validation[i][:2], strict=True)), strict=True)
     degraded = np.stack([h264_roundtrip(image, INNER_QP) for image in images])
-    probs = frame_probabilities(model, degraded, next(model.parameters()).device, amp=True)
+    probs = frame_probabilities(model, degraded, next(model.parameters()).device, config.amp)
     source = np.array(sources)
     return validation_metrics(probs, source, np.zeros_like(source))["val_sbi_auc"]
 
@@ -313,7 +313,7 @@ def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFr
         inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
         threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
         inner_reencoded = reencoded_pseudo_fake_auc(model, table[table["split"] == "val"], faces_cache,
-                                                    finetune_config, crops)
+                                                    finetune_config)
         # The alternative rule: at most target_fpr of the inner reals above it, counting the re-encoded
         # videos of its FF++ reals (the only inner reals with re-encoded copies) beside the clean ones.
         inner_copies = reencoded[reencoded["original"].isin(table.loc[table["split"] == "val", "video_id"])]
@@ -431,7 +431,7 @@ def main() -> None:
         rows += kfold_rows(nested_choice_scores(scored, payload["nested_choice"]), "nested choice")
     for lever in swept:
         numeric = [float(value) for value in levers[lever] if value not in ("on", "off", "all")]
-        if lever == "recompression" or min(numeric) <= 0:  # on/off, or no log scale
+        if lever == "recompression" or not numeric or min(numeric) <= 0:  # on/off, or no log scale
             continue
         payload[f"curve_{lever}"] = curve(lever, payload["settings"], rows)
         print(f"pooled FF++ k-fold against {lever}:", payload[f"curve_{lever}"])
