@@ -387,16 +387,17 @@ class EmbedderTask:
         load_model(self.model, folder / WEIGHTS_NAME, device=str(self.device))
 
 
-def freeze_early_layers(backbone: nn.Module, tune_fraction: float) -> int:
+def freeze_early_layers(backbone: nn.Module, tune_fraction: float) -> tuple[int, int]:
     """Freezes every parameter tensor of `backbone` that lies before its last `tune_fraction` of weights,
     counted in values from the output end (registration order is forward order in timm and torchvision);
-    returns the number of values left to tune."""
+    returns the number of values left to tune, and of all values."""
     parameters = list(backbone.parameters())
     sizes = np.array([parameter.numel() for parameter in parameters])
     to_output = np.cumsum(sizes[::-1])[::-1]  # values from each tensor to the output, itself included
-    for parameter, reach in zip(parameters, to_output, strict=True):
-        parameter.requires_grad_(bool(reach <= tune_fraction * sizes.sum()))
-    return int(sum(parameter.numel() for parameter in parameters if parameter.requires_grad))
+    tuned = to_output <= tune_fraction * sizes.sum()
+    for parameter, tune in zip(parameters, tuned, strict=True):
+        parameter.requires_grad_(bool(tune))
+    return int(sizes[tuned].sum()), int(sizes.sum())
 
 
 def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.PathLike,
@@ -412,10 +413,9 @@ def finetune(index: str | os.PathLike | pd.DataFrame, faces_cache_dir: str | os.
     faces = StageCache.open(faces_cache_dir, "faces")
     if resume and (out_dir / RUN_FILE).exists():
         saved = json.loads((out_dir / RUN_FILE).read_text())
-        # A setting added since the run was saved has its default there: the default is the old behaviour.
-        saved_config = {**asdict(FinetuneConfig()), **saved["config"]}
-        check_same_run(out_dir, {"config": saved_config, "faces_key": saved.get("faces_key")},
-                       {"config": asdict(config), "faces_key": faces.dir.name})
+        check_same_run(out_dir, {"config": saved["config"], "faces_key": saved.get("faces_key")},
+                       {"config": asdict(config), "faces_key": faces.dir.name},
+                       defaults={"config": asdict(FinetuneConfig())})
     device = resolve_device(config.device)
     with distributed(device) as world:
         if world.main:
@@ -434,14 +434,14 @@ def _finetune(index: str | os.PathLike | pd.DataFrame, faces: StageCache, config
     if not (train.label == 0).any():
         raise ValueError("the train split has no real video with face crops: self-blending needs reals")
     model = FrameClassifier.start(create_backbone(config.backbone, weights=config.weights), config.input_size)
-    tuned_values = freeze_early_layers(model.backbone, config.tune_fraction)
+    tuned_values, all_values = freeze_early_layers(model.backbone, config.tune_fraction)
     if world.enabled and device.type == "cuda":  # batch statistics over the global batch, as one GPU sees
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     tuned = model.config
     log.info("fine-tuning %s (%s) at %d px on %s, %d of its %d weights: %d train crops (%d real), %d val "
              "crops; fakes=%s; %d loader workers", tuned.backbone, tuned.base_weights, tuned.input_size,
-             device, tuned_values, sum(p.numel() for p in model.backbone.parameters()), len(train),
+             device, tuned_values, all_values, len(train),
              int((train.label == 0).sum()), len(val), config.fakes, config.num_workers)
     if world.main:
         write_json_atomic(out_dir / RUN_FILE, {

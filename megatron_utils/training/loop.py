@@ -151,11 +151,15 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def check_same_run(folder: Path, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+def check_same_run(folder: Path, saved: dict[str, Any], wanted: dict[str, Any],
+                   defaults: dict[str, Any] | None = None) -> None:
     """A run folder is resumed only with the settings it was started with: a rerun with other settings
-    would otherwise continue under the new ones and mix two runs in one history."""
-    # JSON's view of both (tuples as lists), as the saved side was read from a JSON file
-    before, after = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(wanted)))
+    would otherwise continue under the new ones and mix two runs in one history. `defaults` (shaped like
+    `saved`) stand in for settings the saved run predates: a new setting's default is the old behaviour."""
+    def as_read(side: dict[str, Any]) -> dict[str, Any]:  # JSON's view (tuples as lists), as saved was read
+        return _flatten(json.loads(json.dumps(side)))
+
+    before, after = {**as_read(defaults or {}), **as_read(saved)}, as_read(wanted)
     changed = [f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
                for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
     if changed:
