@@ -51,6 +51,7 @@ import logging
 import re
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -259,6 +260,9 @@ class KFold(NamedTuple):
     failures: dict[str, str]  # videos whose faces failed, and why
 
 
+SCORES = KFold._fields[:4]  # the score tables of a k-fold, in kfold_rows' order
+
+
 def reencoded_pseudo_fake_auc(model: FrameClassifier, reals: pd.DataFrame, faces: StageCache,
                               config: FinetuneConfig) -> float:
     """The pseudo-fake AUC of `reals` (inner validation) with each real crop and its pseudo-fake (the ones
@@ -270,6 +274,12 @@ def reencoded_pseudo_fake_auc(model: FrameClassifier, reals: pd.DataFrame, faces
     probs = frame_probabilities(model, degraded, next(model.parameters()).device, config.amp)
     source = np.array(sources)
     return validation_metrics(probs, source, np.zeros_like(source))["val_sbi_auc"]
+
+
+def judged(model: FrameClassifier, videos: pd.DataFrame, faces: StageCache, crops: int,
+           thresholds: dict[str, float], fold: int) -> pd.DataFrame:
+    """`videos` scored by one fold's model, with that fold's thresholds beside each score."""
+    return score_videos(model, videos, faces, None, crops).assign(**thresholds, fold=fold)
 
 
 def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFrame, reencoded: pd.DataFrame,
@@ -301,6 +311,7 @@ def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFr
     external = realfakes[realfakes["split"] == "external"]
     fold_of = dict(zip(ffpp["video_id"], ffpp["fold"], strict=True))
     reencoded = reencoded.assign(fold=reencoded["original"].map(fold_of))
+    external_copies = reencoded[reencoded["split"] == "external"]
     count = None if setting["identities"] == "all" else int(setting["identities"])
     tested, scored_external, tested_reencoded, external_reencoded, folds_info = [], [], [], [], []
     for fold in range(args.folds):
@@ -310,30 +321,25 @@ def run_setting(setting: dict[str, object], recipe: Recipe, realfakes: pd.DataFr
         best = finetune(table, faces.dir, finetune_config, run, resume=True)  # resumes a killed run
         state = json.loads((best.parent / "last" / STATE_JSON).read_text())
         model = FrameClassifier.from_pretrained(best)
-        inner_reals = score_videos(model, table[table["split"] == "val"], faces_cache, None, crops)
+        inner = table[table["split"] == "val"]
+        inner_reals = score_videos(model, inner, faces_cache, None, crops)
         threshold = fpr_threshold(inner_reals["probability"].to_numpy(), args.target_fpr)
-        inner_reencoded = reencoded_pseudo_fake_auc(model, table[table["split"] == "val"], faces_cache,
-                                                    finetune_config)
+        inner_reencoded = reencoded_pseudo_fake_auc(model, inner, faces_cache, finetune_config)
         # The alternative rule: at most target_fpr of the inner reals above it, counting the re-encoded
         # videos of its FF++ reals (the only inner reals with re-encoded copies) beside the clean ones.
-        inner_copies = reencoded[reencoded["original"].isin(table.loc[table["split"] == "val", "video_id"])]
-        copies_scored = (score_videos(model, inner_copies.drop(columns=["fold"]), faces_cache, None, crops)
+        inner_copies = reencoded[reencoded["original"].isin(inner["video_id"])]
+        copies_scored = (score_videos(model, inner_copies, faces_cache, None, crops)
                          if len(inner_copies) else pd.DataFrame({"probability": []}))  # none with few people
         both = fpr_threshold(np.r_[inner_reals["probability"], copies_scored["probability"]], args.target_fpr)
         thresholds = {"threshold": threshold, "threshold_both": both}
         test = ffpp[ffpp["fold"] == fold].drop(columns=["group", "fold"])
-        tested.append(score_videos(model, test, faces_cache, None, crops).assign(**thresholds,
-                                                                                   fold=fold))
-        scored_external.append(score_videos(model, external, faces_cache, None, crops).assign(
-            **thresholds, fold=fold))
-        copies = reencoded[reencoded["fold"] == fold].drop(columns=["fold"])
-        tested_reencoded.append(score_videos(model, copies, faces_cache, None, crops).assign(
-            **thresholds, fold=fold))
-        copies = reencoded[reencoded["split"] == "external"].drop(columns=["fold"])
-        external_reencoded.append(score_videos(model, copies, faces_cache, None, crops).assign(
-            **thresholds, fold=fold))
+        judge = partial(judged, model, faces=faces_cache, crops=crops, thresholds=thresholds, fold=fold)
+        tested.append(judge(test))
+        scored_external.append(judge(external))
+        tested_reencoded.append(judge(reencoded[reencoded["fold"] == fold]))
+        external_reencoded.append(judge(external_copies))
         folds_info.append({"fold": fold, "train_reals": int((table["split"] == "train").sum()),
-                           "inner_val_reals": int((table["split"] == "val").sum()),
+                           "inner_val_reals": len(inner),
                            "identities": int(table["person"].nunique()), **thresholds,
                            "inner_sbi_auc": state["best_score"], "inner_sbi_auc_reencoded": inner_reencoded,
                            "inner_reencoded_reals": len(copies_scored), "test_videos": len(test),
@@ -359,7 +365,7 @@ def nested_choice_scores(scored: dict[str, KFold], choice: dict[int, str]) -> li
     """The scores of every fold's chosen setting (tested, external, and their re-encoded copies): what the
     selection procedure, not one setting, delivers."""
     return [pd.concat([getattr(scored[name], part).query("fold == @fold") for fold, name in choice.items()])
-            for part in ("tested", "external", "tested_reencoded", "external_reencoded")]
+            for part in SCORES]
 
 
 def kfold_rows(parts: list[pd.DataFrame], setting: str) -> list[dict[str, object]]:
@@ -409,7 +415,7 @@ def main() -> None:
     realfakes, installed = realfakes_index(args.data), installed_index(demo)
     installed = installed[installed["label"] == "real"]  # only reals are trained on
     reencoded = read_index(corrupt_split(realfakes, *REENCODE, REPO / "cache" / "realfakes-reencoded"))
-    reencoded["original"] = reencoded["video_id"].str.replace(r"@[^@]+$", "", regex=True)
+    reencoded["original"] = reencoded["video_id"].str.removesuffix("@{}-{}".format(*REENCODE))
     levers = {lever: getattr(args, lever) for lever in LEVERS}
     swept = [lever for lever, values in levers.items() if len(values) > 1]
     name = "-".join(["realfakes-kfold", *swept])
@@ -421,17 +427,17 @@ def main() -> None:
         setting = dict(zip(levers, values, strict=True))
         result = scored[setting_name(setting)] = run_setting(setting, demo.recipe, realfakes, reencoded,
                                                              installed, args)
-        rows += kfold_rows(list(result[:4]), setting_name(setting))
+        rows += kfold_rows([getattr(result, part) for part in SCORES], setting_name(setting))
         payload["settings"][setting_name(setting)] = {
             "setting": setting, "folds": result.folds, "faces_failures": result.failures,
-            **{f"scores_{part}": getattr(result, part).to_dict("records") for part in result._fields[:4]}}
+            **{f"scores_{part}": getattr(result, part).to_dict("records") for part in SCORES}}
         write_results(name, {"rows": rows, **payload})  # each setting as soon as it is done
     if len(scored) > 1 and "identities" not in swept:
         payload["nested_choice"] = nested_choice(scored, args.folds)
         rows += kfold_rows(nested_choice_scores(scored, payload["nested_choice"]), "nested choice")
     for lever in swept:
         numeric = [float(value) for value in levers[lever] if value not in ("on", "off", "all")]
-        if lever == "recompression" or not numeric or min(numeric) <= 0:  # on/off, or no log scale
+        if not numeric or min(numeric) <= 0:  # on/off, or no log scale
             continue
         payload[f"curve_{lever}"] = curve(lever, payload["settings"], rows)
         print(f"pooled FF++ k-fold against {lever}:", payload[f"curve_{lever}"])
